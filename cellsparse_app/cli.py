@@ -1,0 +1,143 @@
+"""Command-line interface: ``cellsparse train|predict|evaluate|annotate|serve``.
+
+A fixed contract other tools call (see README). Heavy imports (torch, SAM, FastAPI) are deferred
+into the subcommands so ``cellsparse --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger("cellsparse_app.cli")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cellsparse_app.io import read_image, read_labels
+    from cellsparse_app.train import TrainConfig, TrainedModel, train
+
+    if len(args.images) != len(args.labels):
+        raise ValueError(
+            f"{len(args.images)} image(s) but {len(args.labels)} label file(s); give one --labels per image"
+        )
+    images = [read_image(p) for p in args.images]
+    labels = [read_labels(p) for p in args.labels]
+    overrides = {"family": args.model, "seed": args.seed, "device": args.device}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.max_seconds is not None:
+        overrides["max_seconds"] = args.max_seconds
+    cfg = TrainConfig().replace(**overrides)
+    initial = TrainedModel.load(args.init) if args.init else None
+
+    def report(p) -> None:
+        total = f"/{p.total_steps}" if p.total_steps else ""
+        print(f"step {p.step}{total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", flush=True)
+
+    model = train(images, labels, cfg, initial=initial, progress=report)
+    out = model.save(args.out)
+    print(f"model written to {out}", flush=True)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cellsparse_app.io import read_image, write_labels
+    from cellsparse_app.predict import PredictConfig, predict_instances
+    from cellsparse_app.train import TrainedModel
+
+    model = TrainedModel.load(args.model, device=args.device)
+    cfg = PredictConfig(device=args.device)
+    if args.prob_threshold is not None:
+        cfg = cfg.replace(prob_threshold=args.prob_threshold)
+    if args.min_size is not None:
+        cfg = cfg.replace(min_size=args.min_size)
+    out_dir = Path(args.out)
+    for path in args.images:
+        labels = predict_instances(model, read_image(path), cfg)
+        dest = write_labels(out_dir / f"{Path(path).stem}.tif", labels)
+        print(f"{path}: {int(labels.max())} objects -> {dest}", flush=True)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cellsparse_app.io import read_labels
+    from cellsparse_app.metrics import evaluate_many
+
+    if len(args.truth) != len(args.pred):
+        raise ValueError(f"{len(args.truth)} truth file(s) but {len(args.pred)} prediction file(s)")
+    truths = [read_labels(p) for p in args.truth]
+    preds = [read_labels(p) for p in args.pred]
+    print(json.dumps(evaluate_many(truths, preds), indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cellsparse_app.api.server import serve
+
+    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellsparse", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from scratch on sparse labels")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG/TIFF)")
+    p.add_argument("--labels", nargs="+", required=True,
+                   help="integer label TIFFs: -1 unlabelled, 0 background, 1..N cells")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--model", default="cellpose", help="model family (cellpose, stardist, elephant)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: time budget)")
+    p.add_argument("--max-seconds", type=float, default=None, help="time budget in seconds")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="continue training this model directory")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="segment images with a trained model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", required=True, help="model directory (config.json + weights.pt)")
+    p.add_argument("--out", required=True, help="output directory for <stem>.tif label images")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--prob-threshold", type=float, default=None)
+    p.add_argument("--min-size", type=int, default=None)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="AP at IoU 0.5/0.75/0.9 of predictions against truth")
+    p.add_argument("--truth", nargs="+", required=True)
+    p.add_argument("--pred", nargs="+", required=True)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("serve", help="REST API + web UI in one process")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default=None, help="where models and uploads are kept")
+    p.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"cellsparse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

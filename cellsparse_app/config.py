@@ -1,0 +1,67 @@
+"""Frozen, JSON-serialisable configuration dataclasses.
+
+Every concern has one frozen dataclass (``TrainConfig``, ``PredictConfig``, a model family's
+config, ``SamConfig`` ...). They subclass :class:`JsonConfig` to get a JSON round trip, which is how
+a model directory stores everything needed to rebuild and run a model (``config.json`` beside the
+weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonConfig:
+    """Base class: ``to_dict``/``from_dict``/``save``/``load`` and ``replace``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from a dict; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__} expects a dict, got {type(data).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        kwargs = {}
+        for key, value in data.items():
+            default = getattr(cls, key, None) if names[key].default is not dataclasses.MISSING else None
+            # JSON has no tuples: give tuple-typed fields their tuples back.
+            if isinstance(value, list) and isinstance(default, tuple):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, JsonConfig):
+        return value.to_dict()
+    return value

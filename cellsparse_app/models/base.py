@@ -1,0 +1,124 @@
+"""What a model family is, and the registry that lists them.
+
+A *family* (Cellpose-style flows, StarDist-style rays, ELEPHANT-style classes ...) bundles:
+
+* a frozen config dataclass (architecture hyper-parameters, saved in ``config.json``);
+* ``build(cfg)``: the ``torch.nn.Module`` (input ``(B, C, H, W)`` float, output ``(B, K, H, W)``);
+* ``targets(labels, cfg)``: per-pixel training targets computed **only from annotated pixels**
+  of a label patch in the -1/0/1..N convention (see :mod:`cellsparse_app.labels`);
+* ``loss(output, target, cfg)``: a loss averaged over labelled pixels only, so that changing the
+  image or labels under unlabelled (-1) pixels never changes it;
+* ``postprocess(output, cfg, predict_cfg)``: raw network output of one image -> instance labels.
+
+The training loop, tiling, persistence, CLI, UI and API are family-agnostic: adding a family is a
+new module that calls :func:`register_family`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from cellsparse_app.config import JsonConfig
+
+if TYPE_CHECKING:  # torch is imported lazily by families so the core imports fast
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(JsonConfig):
+    """Architecture settings every family has; families subclass and add their own fields.
+
+    Attributes:
+        in_channels: number of image channels the network takes.
+        base_channels: width of the first U-Net level (doubles per level).
+        depth: number of down-sampling levels.
+    """
+
+    in_channels: int = 1
+    base_channels: int = 32
+    depth: int = 4
+
+
+class ModelFamily(abc.ABC):
+    """Interface of a model family; see the module docstring."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # human-readable name for menus
+    config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+
+    @abc.abstractmethod
+    def build(self, cfg: ModelConfig) -> "torch.nn.Module":
+        """A freshly initialised network for ``cfg``."""
+
+    @abc.abstractmethod
+    def targets(self, labels: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+        """``float32 (T, H, W)`` training targets for one label patch (-1/0/1..N)."""
+
+    @abc.abstractmethod
+    def loss(
+        self, output: "torch.Tensor", target: "torch.Tensor", cfg: ModelConfig
+    ) -> "torch.Tensor":
+        """Scalar loss over labelled pixels only, for a batch of outputs and targets."""
+
+    @abc.abstractmethod
+    def postprocess(self, output: np.ndarray, cfg: ModelConfig, predict_cfg: Any) -> np.ndarray:
+        """Instance labels (``uint32``, 0 background) from one image's ``float32 (K, H, W)``."""
+
+
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add a family to the registry (by ``family.name``); returns it."""
+    if not getattr(family, "name", None):
+        raise ValueError(f"{type(family).__name__} has no name")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """The registered family called ``name``.
+
+    Raises:
+        ValueError: naming the unknown family and listing the known ones.
+    """
+    _load_builtin_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model family {name!r}; available: {', '.join(list_families())}"
+        ) from None
+
+
+def list_families() -> list[str]:
+    """Names of the registered families, default first."""
+    _load_builtin_families()
+    return sorted(_REGISTRY, key=lambda n: (n != "cellpose", n))
+
+
+def _load_builtin_families() -> None:
+    # Imported here, not at module import, so ``base`` has no torch import cost.
+    import importlib
+
+    for module in BUILTIN_FAMILY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+#: Modules that register the built-in families when imported.
+BUILTIN_FAMILY_MODULES: tuple[str, ...] = (
+    "cellsparse_app.models.cellpose",
+    "cellsparse_app.models.stardist",
+    "cellsparse_app.models.elephant",
+)
