@@ -24,10 +24,16 @@ MAX_PIXELS: int = 12_000 * 12_000
 #: Most channels accepted for a 2-D image.
 MAX_CHANNELS: int = 16
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: First bytes of classic and BigTIFF files, either byte order.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def read_image(source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
     """Read a PNG/JPEG/TIFF image from a path or bytes and validate it.
+
+    The format is recognised from the file's first bytes, not its name. TIFF channel axes
+    (ImageJ ``CYX``, planar RGB) are moved last; a z-stack or time series is refused. An alpha
+    channel (transparency, not a measurement) is dropped.
 
     Args:
         source: file path or the file's bytes.
@@ -37,27 +43,26 @@ def read_image(source: str | Path | bytes, *, name: str | None = None) -> np.nda
         ``(H, W)`` or ``(H, W, C)`` array in the file's dtype.
 
     Raises:
-        ValueError: empty, corrupt, unsupported or absurdly large images, naming the problem.
+        ValueError: missing, empty, corrupt, unsupported or absurdly large images, naming the
+            problem.
     """
     label = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "image")
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
-        suffix = ".tif" if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+") else ""
     else:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"{label}: no such file")
         data = path.read_bytes()
-        suffix = path.suffix.lower()
     if not data:
         raise ValueError(f"{label}: the file is empty")
     try:
-        if suffix in TIFF_SUFFIXES or data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if data[:4] in TIFF_MAGIC:
             image = _read_tiff(data)
         else:
             image = _read_pillow(data)
-    except ValueError:
-        raise
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from exc
     except Exception as exc:  # decoder libraries raise many types on corrupt input
         raise ValueError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     return validate_image(image, name=label)
@@ -67,35 +72,57 @@ def _read_tiff(data: bytes) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(_io.BytesIO(data)) as tif:
+        if not tif.series:
+            raise ValueError("TIFF holds no image")
         series = tif.series[0]
         n = int(np.prod(series.shape))
         if n > MAX_PIXELS * MAX_CHANNELS:
             raise ValueError(f"TIFF of shape {series.shape} is too large (max {MAX_PIXELS} pixels)")
         image = series.asarray()
-        axes = series.axes
-    image = np.squeeze(image)
-    # Channels first (e.g. ImageJ "CYX") -> channels last.
-    if image.ndim == 3 and ("C" in axes or "S" in axes):
-        c_axis = axes.replace("S", "C").find("C")
-        if c_axis >= 0 and c_axis < image.ndim and image.shape[-1] > MAX_CHANNELS:
-            image = np.moveaxis(image, 0, -1)
-    if image.ndim == 3 and image.shape[0] <= MAX_CHANNELS < image.shape[-1]:
-        image = np.moveaxis(image, 0, -1)
+        axes = series.axes if len(series.axes) == image.ndim else ""
+    keep = [i for i, size in enumerate(image.shape) if size != 1]
+    if len(keep) >= 2:  # drop length-1 axes, keeping the axis letters aligned
+        axes = "".join(axes[i] for i in keep) if axes else ""
+        image = image.reshape([image.shape[i] for i in keep])
+    if image.ndim != 3:
+        return image
+    channel = next((axes.index(a) for a in "CS" if a in axes), None)
+    if channel is None:
+        stack = next((a for a in "ZT" if a in axes), None)
+        if stack is not None:
+            kind = "z-stack" if stack == "Z" else "time series"
+            raise ValueError(
+                f"TIFF is a {kind} (axes {axes}, shape {image.shape}); only 2-D images are "
+                "supported: save one plane"
+            )
+        # Unnamed third axis: a short leading axis is channels (channels-first writers).
+        if image.shape[0] <= MAX_CHANNELS < image.shape[-1]:
+            channel = 0
+    if channel is not None:
+        image = np.moveaxis(image, channel, -1)
     return image
 
 
 def _read_pillow(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL raises DecompressionBombError above 2x this
-    with Image.open(_io.BytesIO(data)) as img:
+    try:
+        opened = Image.open(_io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, above ours
+        raise ValueError(f"image is too large ({exc})") from exc
+    with opened as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"image of {img.width}x{img.height} pixels is too large")
-        if img.mode in ("P", "PA", "CMYK", "YCbCr", "LA", "1"):
-            img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
+        if img.mode == "1":
+            img = img.convert("L")
+        elif img.mode in ("P", "PA"):
+            img = img.convert("RGBA")
+        elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+        has_alpha = "A" in img.mode
         image = np.asarray(img)
-    if image.ndim == 3 and image.shape[-1] == 4 and np.all(image[..., 3] == image[..., 3].flat[0]):
-        image = image[..., :3]  # constant alpha carries nothing
+    if has_alpha and image.ndim == 3:
+        image = image[..., :-1]  # transparency carries no signal
     return image
 
 
@@ -188,7 +215,10 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     """Write an instance label image as a compressed TIFF (uint16, or uint32 if needed)."""
     import tifffile
 
+    from cellsparse_app.labels import validate_labels
+
     labels = np.asarray(labels)
+    validate_labels(labels)  # integer, 2-D, >= -1: a float or 3-D array is a caller's mistake
     if labels.size and labels.min() < 0:
         # -1 (unlabelled) must survive: keep the signed convention.
         out = labels.astype(np.int32)
@@ -207,9 +237,18 @@ def read_labels(path: str | Path) -> np.ndarray:
     image = read_image(path)
     if image.ndim != 2:
         raise ValueError(f"{path}: label image must be single-channel, got shape {image.shape}")
+    if np.issubdtype(image.dtype, np.floating):
+        # Some tools save label images as float; accept them when every value is an integer.
+        if not np.array_equal(image, np.round(image)):
+            raise ValueError(f"{path}: label image has non-integer values (dtype {image.dtype})")
+        image = image.astype(np.int64)
     if not np.issubdtype(image.dtype, np.integer):
         raise ValueError(f"{path}: label image must have an integer dtype, got {image.dtype}")
-    return validate_labels(image.astype(np.int64).astype(np.int32))
+    try:
+        # Check on int64 so that ids beyond int32 are reported, not wrapped around.
+        return validate_labels(image.astype(np.int64))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 import dataclasses  # noqa: E402  (kept next to the config it serves)

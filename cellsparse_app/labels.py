@@ -105,12 +105,17 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 def from_wire(wire: np.ndarray) -> np.ndarray:
     """Convert the cellsparse-api wire format (0 unlabelled, 1 background, >=2 instances)."""
     wire = np.asarray(wire)
-    if not np.issubdtype(wire.dtype, np.integer) or wire.ndim != 2:
+    if wire.dtype == bool or not np.issubdtype(wire.dtype, np.integer) or wire.ndim != 2:
         raise ValueError(
             f"wire labels must be a 2-D integer image, got dtype {wire.dtype} shape {wire.shape}"
         )
+    if wire.size and int(wire.min()) < WIRE_UNLABELLED:
+        raise ValueError(
+            f"wire labels contain {int(wire.min())}; allowed values are 0 (unlabelled), "
+            "1 (background) and >= 2 (instances)"
+        )
     labels = wire.astype(np.int64) - WIRE_BACKGROUND  # 0->-1, 1->0, k->k-1
-    return relabel_sequential(labels.astype(LABEL_DTYPE))
+    return relabel_sequential(_compact_ids(labels))
 
 
 def to_wire(labels: np.ndarray) -> np.ndarray:
@@ -123,15 +128,8 @@ def to_wire(labels: np.ndarray) -> np.ndarray:
 
 def from_dense(instances: np.ndarray) -> np.ndarray:
     """Convert a fully annotated image (0 background, 1..N cells) to the sparse convention."""
-    instances = np.asarray(instances)
-    if not np.issubdtype(instances.dtype, np.integer) or instances.ndim != 2:
-        raise ValueError(
-            f"dense labels must be a 2-D integer image, got dtype {instances.dtype} "
-            f"shape {instances.shape}"
-        )
-    if instances.size and int(instances.min()) < 0:
-        raise ValueError("dense labels must be >= 0 (0 background, 1..N instances)")
-    return relabel_sequential(instances.astype(LABEL_DTYPE))
+    instances = _check_dense(instances)
+    return relabel_sequential(_compact_ids(instances))
 
 
 def to_instances(labels: np.ndarray) -> np.ndarray:
@@ -154,13 +152,39 @@ def select_sparse(
         object_ids: ids of ``dense`` to keep as annotated instances.
         background: also keep the annotated background (dense == 0) as background.
     """
-    dense = np.asarray(dense)
+    dense = _check_dense(dense)
+    ids = np.asarray(list(object_ids), dtype=np.int64)
     labels = empty_labels(dense.shape)
     if background:
         labels[dense == 0] = BACKGROUND
-    keep = np.isin(dense, np.asarray(list(object_ids), dtype=dense.dtype)) & (dense > 0)
-    labels[keep] = dense[keep]
-    return relabel_sequential(labels)
+    keep = np.isin(dense.astype(np.int64, copy=False), ids[ids > 0])
+    return relabel_sequential(_compact_ids(np.where(keep, dense.astype(np.int64), labels)))
+
+
+def _check_dense(instances: np.ndarray) -> np.ndarray:
+    instances = np.asarray(instances)
+    integer = instances.dtype != bool and np.issubdtype(instances.dtype, np.integer)
+    if not integer or instances.ndim != 2:
+        raise ValueError(
+            f"dense labels must be a 2-D integer image, got dtype {instances.dtype} "
+            f"shape {instances.shape}"
+        )
+    if instances.size and int(instances.min()) < 0:
+        raise ValueError(
+            "dense labels must be >= 0 (0 background, 1..N instances), "
+            f"found {int(instances.min())}"
+        )
+    return instances
+
+
+def _compact_ids(labels: np.ndarray) -> np.ndarray:
+    """Cast to ``int32``, first renumbering instances when an id would not fit (no wrap-around)."""
+    labels = np.asarray(labels)
+    if labels.size and int(labels.max()) > np.iinfo(LABEL_DTYPE).max:
+        ids, inverse = np.unique(labels, return_inverse=True)
+        new = np.where(ids > 0, np.cumsum(ids > 0), ids)
+        labels = new[inverse.reshape(labels.shape)]
+    return labels.astype(LABEL_DTYPE)
 
 
 def _as_mask(mask: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:

@@ -71,6 +71,20 @@ class ModelFamily(abc.ABC):
     def postprocess(self, output: np.ndarray, cfg: ModelConfig, predict_cfg: Any) -> np.ndarray:
         """Instance labels (``uint32``, 0 background) from one image's ``float32 (K, H, W)``."""
 
+    def target_kinds(self, cfg: ModelConfig) -> tuple[str, ...] | None:
+        """How each target channel follows geometric augmentation, or ``None`` (the default).
+
+        ``None``: the training loop calls :meth:`targets` on every augmented label patch (pixels
+        from outside the image are -1 there). A tuple, one entry per target channel, lets the loop
+        compute targets once per *whole image* (so objects cut by a patch edge keep their true
+        targets, and costly targets are not recomputed) and warp them with the image:
+        ``"linear"`` (bilinear), ``"nearest"``, or ``"vy"``/``"vx"`` (row/column components of a
+        vector field in adjacent channels, rotated and flipped with the image). Pixels warped
+        from outside the image get 0 in every channel, so such a family must mark labelled pixels
+        with a non-zero mask channel.
+        """
+        return None
+
 
 _REGISTRY: dict[str, ModelFamily] = {}
 

@@ -1,4 +1,4 @@
-"""Sparse-label training (contract; implemented in ``config.py``/``loop.py``).
+"""Sparse-label training.
 
 Public API::
 
@@ -9,4 +9,19 @@ Public API::
 
 ``images``: sequence of ``(H, W)``/``(H, W, C)`` arrays (any dtype);
 ``labels``: matching ``int32`` label images, -1 unlabelled / 0 background / 1..N instances.
+With no ``steps`` and no ``max_seconds`` training runs for a device-dependent time budget
+(:data:`~cellsparse_app.train.config.DEFAULT_SECONDS`).
 """
+
+from cellsparse_app.models.trained import TrainedModel
+from cellsparse_app.train.config import DEFAULT_SECONDS, TrainConfig, TrainProgress
+from cellsparse_app.train.loop import train, train_iter
+
+__all__ = [
+    "DEFAULT_SECONDS",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainedModel",
+    "train",
+    "train_iter",
+]

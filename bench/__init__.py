@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [name] [--quick]``; results go to ``bench/results/`` (ignored)."""

@@ -1,0 +1,206 @@
+"""Sparse vs dense vs naive partial training on real annotated images (Sugawara 2023).
+
+``python -m bench sparse [--quick] [--families cellpose,stardist] [--seconds S] [--seeds 0,1,2]``
+
+For each data set (fluorescence nuclei ``dsb2018_fluo_dev``, phase-contrast whole cells
+``usiigaci_phase_dev``) a fixed split gives training images and held-out test images. Every
+condition of :mod:`bench.conditions` (k objects per image x annotation mode) is trained from scratch
+with ``cellsparse_app.train.train`` under the same time budget, for several seeds (which objects are
+annotated changes with the seed), and evaluated with ``predict_instances`` + ``evaluate_many``
+against the dense ground truth of the test images (AP pooled over test images).
+
+Reported per condition: AP@0.5 and AP@0.75 (mean ± std over seeds), training wall time, steps,
+patches/s (from the progress reports, warm-up step excluded), and the ratio of that throughput to a
+plain fp32 PyTorch loop of the same network measured in the same run (:mod:`bench.throughput`).
+The markdown table is printed and written with the raw JSON to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bench.conditions import (
+    DEFAULT_KS,
+    MODES,
+    Condition,
+    build_grid,
+    split_samples,
+    training_labels,
+)
+from bench.report import markdown_report
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DATASETS = ("dsb2018_fluo_dev", "usiigaci_phase_dev")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """What one run covers; ``quick()`` is the smoke-test size."""
+
+    datasets: tuple[str, ...] = DATASETS
+    families: tuple[str, ...] = ("cellpose",)
+    ks: tuple[str, ...] = DEFAULT_KS
+    modes: tuple[str, ...] = tuple(MODES)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seconds: float = 25.0  # training budget per run
+    n_train: int = 8
+    n_test: int = 16
+    reference_seconds: float = 15.0
+    device: str = "auto"
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchSettings":
+        base = cls(ks=("4", "100%"), modes=("bg", "naive"), seeds=(0,), seconds=4.0, n_train=3,
+                   n_test=3, reference_seconds=3.0)
+        return dataclasses.replace(base, **overrides)
+
+    def runs(self) -> int:
+        return len(self.datasets) * len(self.families) * len(self.conditions()) * len(self.seeds)
+
+    def conditions(self) -> list[Condition]:
+        return build_grid(self.ks, self.modes)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
+    p = argparse.ArgumentParser(prog="python -m bench sparse", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny grid to smoke-test the harness")
+    p.add_argument("--datasets", help=f"comma-separated (default {','.join(DATASETS)})")
+    p.add_argument("--families", help="comma-separated model families (default cellpose)")
+    p.add_argument("--ks", help="comma-separated k values, e.g. 1,4,16,5%%,100%%")
+    p.add_argument("--modes", help=f"comma-separated from {','.join(MODES)}")
+    p.add_argument("--seeds", help="comma-separated seeds")
+    p.add_argument("--seconds", type=float, help="training time budget per run")
+    p.add_argument("--n-train", type=int, help="training images per data set")
+    p.add_argument("--n-test", type=int, help="held-out test images per data set")
+    p.add_argument("--reference-seconds", type=float, help="timed part of the fp32 reference loop")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    a = p.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for key in ("datasets", "families", "ks", "modes"):
+        if getattr(a, key):
+            overrides[key] = tuple(v.strip() for v in getattr(a, key).split(",") if v.strip())
+    if a.seeds:
+        overrides["seeds"] = tuple(int(s) for s in a.seeds.split(","))
+    for key in ("seconds", "n_train", "n_test", "reference_seconds", "device"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
+    settings = BenchSettings.quick(**overrides) if a.quick else BenchSettings(**overrides)
+    settings.conditions()  # validates ks and modes early
+    return settings
+
+
+def check_families(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming unknown families (registry of ``cellsparse_app.models``)."""
+    from cellsparse_app.models import list_families
+
+    known = list_families()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown model famil(ies) {unknown}; registered: {known}")
+
+
+def run_one(train_images, labels, test, cfg) -> dict[str, Any]:
+    """Train once under ``cfg`` and evaluate on ``test`` samples; one result row."""
+    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.predict import predict_instances
+    from cellsparse_app.train import train
+
+    reports: list[Any] = []
+    t0 = time.perf_counter()
+    model = train(train_images, labels, cfg, progress=reports.append)
+    train_s = time.perf_counter() - t0
+    preds = [predict_instances(model, s.image) for s in test]
+    ev = evaluate_many([s.mask for s in test], preds, (0.5, 0.75))
+    steps = reports[-1].step if reports else 0
+    first = next((r for r in reports if r.step >= 1), None)
+    rate = float("nan")
+    if first is not None and reports[-1].elapsed > first.elapsed:
+        patches = (reports[-1].step - first.step) * cfg.batch_size
+        rate = patches / (reports[-1].elapsed - first.elapsed)
+    return {
+        "ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": train_s, "steps": int(steps),
+        "patches_per_s": rate, "n_pred": ev["n_pred"], "n_true": ev["n_true"],
+        "model_config": model.config, "image_config": model.image,
+    }
+
+
+def run(settings: BenchSettings, log=print) -> dict[str, Any]:
+    """Run the whole grid; returns ``{"settings", "rows", "reference"}`` (JSON-serialisable)."""
+    from cellsparse_app.datasets import load_dataset
+    from cellsparse_app.train import TrainConfig
+
+    check_families(settings.families)
+    rows: list[dict[str, Any]] = []
+    reference: dict[str, Any] = {}
+    done, total, t_start = 0, settings.runs(), time.perf_counter()
+    for ds in settings.datasets:
+        samples, _ = load_dataset(ds)
+        train_s, test = split_samples(samples, settings.n_train, settings.n_test)
+        images, masks = [s.image for s in train_s], [s.mask for s in train_s]
+        log(f"{ds}: {len(train_s)} training image(s), {len(test)} test image(s) "
+            f"({sum(int(s.mask.max()) for s in test)} test objects)")
+        for family in settings.families:
+            last = None
+            for cond in settings.conditions():
+                for seed in settings.seeds:
+                    labels = training_labels(masks, cond, seed)
+                    cfg = TrainConfig(family=family, steps=None, max_seconds=settings.seconds,
+                                      seed=seed, device=settings.device)
+                    row = {"dataset": ds, "family": family, "k": cond.k, "mode": cond.mode,
+                           "condition": cond.name, "seed": seed,
+                           "annotated": int(sum(int(lab.max()) for lab in labels))}
+                    try:
+                        res = run_one(images, labels, test, cfg)
+                        last = (res.pop("model_config"), res.pop("image_config"), labels, cfg)
+                        row.update(res)
+                    except (ValueError, RuntimeError) as exc:
+                        row["error"] = f"{type(exc).__name__}: {exc}"
+                    rows.append(row)
+                    done += 1
+                    eta = (time.perf_counter() - t_start) / done * (total - done)
+                    log(f"  [{done}/{total}] {family} {cond.name} seed {seed}: "
+                        + (row.get("error") or f"AP50 {row['ap50']:.3f} AP75 {row['ap75']:.3f} "
+                           f"{row['steps']} steps {row['patches_per_s']:.1f} patches/s")
+                        + f"  (eta {eta / 60:.1f} min)")
+            if last is not None:
+                reference[f"{ds}/{family}"] = _reference(family, images, last, settings)
+                log(f"  plain fp32 loop ({family}): "
+                    f"{reference[f'{ds}/{family}']['patches_per_s']:.1f} patches/s")
+    return {"settings": dataclasses.asdict(settings), "rows": rows, "reference": reference}
+
+
+def _reference(family, images, last, settings) -> dict[str, float]:
+    from bench.throughput import plain_fp32_throughput
+
+    model_config, image_config, labels, cfg = last
+    return plain_fp32_throughput(
+        family, model_config, images, labels, batch_size=cfg.batch_size,
+        patch_size=cfg.patch_size, learning_rate=cfg.learning_rate,
+        seconds=settings.reference_seconds, image_config=image_config, seed=0,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    settings = parse_args(argv)
+    print(f"sparse benchmark: {settings.runs()} training runs of {settings.seconds:g} s "
+          f"(~{settings.runs() * (settings.seconds + 5) / 60:.0f} min)", flush=True)
+    result = run(settings, log=lambda m: print(m, flush=True))
+    report = markdown_report(result)
+    print("\n" + report)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tag = "quick" if argv and "--quick" in argv else "full"
+    (RESULTS_DIR / f"sparse-{tag}-{stamp}.md").write_text(report)
+    raw = json.dumps(result, indent=1, default=str)
+    (RESULTS_DIR / f"sparse-{tag}-{stamp}.json").write_text(raw)
+    print(f"written to {RESULTS_DIR}/sparse-{tag}-{stamp}.md")
+    return 1 if any("error" in r for r in result["rows"]) else 0

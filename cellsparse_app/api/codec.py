@@ -1,0 +1,208 @@
+"""Wire conversions of the REST API: base64 images in, GeoJSON Features out.
+
+Images arrive base64-encoded (PNG as samapi clients send, TIFF as qupath-extension-cellsparse
+sends, or JPEG). Their header is read first and oversized images are refused *before* any pixel is
+decoded (decompression bombs). Label images use the cellsparse-api wire format (0 unlabelled,
+1 background, >=2 instances) and are converted to the core convention with
+:func:`cellsparse_app.labels.from_wire`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from cellsparse_app.api.errors import PayloadTooLarge
+from cellsparse_app.io import read_image
+from cellsparse_app.labels import from_wire, validate_labels
+
+logger = logging.getLogger(__name__)
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_base64(data: Any, what: str) -> bytes:
+    """Bytes of a base64 string (a ``data:...;base64,`` prefix and line breaks are allowed).
+
+    Raises:
+        TypeError: ``data`` is not a string.
+        ValueError: empty or not base64, naming ``what``.
+    """
+    if not isinstance(data, str):
+        raise TypeError(f"{what} must be a base64 string, got {type(data).__name__}")
+    text = _DATA_URL.sub("", data.strip(), count=1)
+    text = "".join(text.split())
+    if not text:
+        raise ValueError(f"{what} is empty")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{what} is not valid base64 ({exc})") from None
+    if not raw:
+        raise ValueError(f"{what} decodes to no bytes")
+    return raw
+
+
+def image_size(raw: bytes, what: str) -> tuple[int, int]:
+    """``(height, width)`` of an encoded image read from its header only (no pixel decoding).
+
+    Raises:
+        ValueError: not a PNG/TIFF/JPEG (or another format Pillow knows), naming ``what``.
+    """
+    if raw[:4] in _TIFF_MAGIC:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+                shape = tif.series[0].shape
+                axes = tif.series[0].axes
+        except Exception as exc:  # tifffile raises many types on corrupt headers
+            raise ValueError(f"{what}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        dims = [n for n, a in zip(shape, axes) if a in "YX"]
+        if len(dims) < 2:
+            raise ValueError(f"{what}: TIFF of shape {shape} ({axes}) is not a 2-D image")
+        n_planes = math.prod(n for n, a in zip(shape, axes) if a not in "YXSC")
+        if n_planes > 1:
+            raise ValueError(f"{what}: TIFF of shape {shape} ({axes}) has several planes")
+        return int(dims[-2]), int(dims[-1])
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:  # lazy: reads the header only
+            return int(img.height), int(img.width)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        start = raw[:8]
+        raise ValueError(
+            f"{what}: not a PNG, TIFF or JPEG image (starts with {start!r}; {exc})"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{what}: {exc}") from None
+
+
+def check_size(raw: bytes, what: str, max_pixels: int) -> tuple[int, int]:
+    """:func:`image_size`, refusing empty and over-``max_pixels`` images.
+
+    Raises:
+        PayloadTooLarge: more than ``max_pixels`` pixels.
+        ValueError: zero-sized image.
+    """
+    h, w = image_size(raw, what)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{what}: image is empty ({w}x{h} pixels)")
+    if h * w > max_pixels:
+        raise PayloadTooLarge(
+            f"{what}: {w}x{h} = {h * w} pixels exceeds this server's limit of {max_pixels} "
+            "pixels; send a smaller region or a downsampled image"
+        )
+    return h, w
+
+
+def decode_image(data: Any, what: str, max_pixels: int) -> np.ndarray:
+    """A base64 image as ``(H, W)`` or ``(H, W, C)`` in its native dtype (8/16-bit, gray/RGB)."""
+    raw = decode_base64(data, what)
+    check_size(raw, what, max_pixels)
+    return read_image(raw, name=what)
+
+
+def decode_label_image(data: Any, what: str, max_pixels: int) -> np.ndarray:
+    """A base64 single-channel integer image (8/16/32-bit PNG or TIFF, palette indices kept)."""
+    raw = decode_base64(data, what)
+    check_size(raw, what, max_pixels)
+    try:
+        if raw[:4] in _TIFF_MAGIC:
+            import tifffile
+
+            arr = np.squeeze(tifffile.imread(io.BytesIO(raw)))
+        else:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(raw)) as img:
+                # Palette ("P") images keep their indices: they are the label values.
+                arr = np.asarray(img)
+    except Exception as exc:  # decoder libraries raise many types on corrupt input
+        raise ValueError(f"{what}: cannot decode label image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.all(arr[..., :3] == arr[..., :1]):
+        arr = arr[..., 0]  # gray saved as RGB(A)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{what}: labels must be a single-channel image, got shape {arr.shape}"
+        )
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{what}: labels must be an integer image, got dtype {arr.dtype}")
+    return arr
+
+
+def decode_wire_labels(
+    data: Any, image_shape: Sequence[int], what: str, max_pixels: int
+) -> np.ndarray:
+    """cellsparse-api wire labels (0 unlabelled, 1 background, >=2 cells) -> -1/0/1..N int32."""
+    wire = decode_label_image(data, what, max_pixels)
+    if tuple(wire.shape) != tuple(image_shape[:2]):
+        raise ValueError(
+            f"{what}: labels of shape {wire.shape} do not match the image of shape "
+            f"{tuple(image_shape[:2])}"
+        )
+    if wire.size and int(wire.min()) < 0:
+        raise ValueError(f"{what}: wire labels must be >= 0 (0 unlabelled, 1 background, >=2 cells)")
+    return from_wire(wire)
+
+
+def decode_sparse_labels(
+    data: Any, image_shape: Sequence[int], what: str, max_pixels: int
+) -> np.ndarray:
+    """Labels already in the core convention (-1/0/1..N; signed TIFF) for the /api/v1 routes."""
+    labels = decode_label_image(data, what, max_pixels)
+    return validate_labels(labels, shape=tuple(image_shape))
+
+
+def geojson_features(
+    labels: np.ndarray, simplify_tol: float | None = None
+) -> list[dict[str, Any]]:
+    """cellsparse-api response: one Polygon Feature per instance, ``object_idx`` from 0.
+
+    ``simplify_tol`` None, NaN (QuPath's "not applying") or <= 0 keeps exact outlines.
+    """
+    from cellsparse_app.export import labels_to_geojson_features
+
+    tol = simplify_tol if simplify_tol is not None and math.isfinite(simplify_tol) else 0.0
+    return labels_to_geojson_features(labels, simplify_tol=max(0.0, float(tol)))
+
+
+def sam_features(
+    masks: Sequence[np.ndarray], scores: Sequence[float], model: str
+) -> list[dict[str, Any]]:
+    """samapi response: one Feature per mask with ``object_idx``, ``label``, ``quality``, ``sam_model``.
+
+    samapi numbers ``object_idx`` from -1 (``i - 1``) and the QuPath extension turns it into the
+    class of unclassified objects, so the numbering is kept; unlike samapi, each ``quality`` is
+    the score of its own mask. Empty masks get an empty Polygon, as in samapi.
+    """
+    from cellsparse_app.polygons import mask_to_polygons
+
+    out = []
+    for i, (mask, score) in enumerate(zip(masks, scores)):
+        rings = mask_to_polygons(np.asarray(mask, dtype=bool))
+        out.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [rings[0].tolist()] if rings else []},
+                "properties": {
+                    "object_idx": i - 1,
+                    "label": "object",
+                    "quality": float(score),
+                    "sam_model": model,
+                },
+            }
+        )
+    return out

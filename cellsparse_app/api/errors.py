@@ -1,0 +1,94 @@
+"""Turn core exceptions into HTTP errors with clear messages (the API's one error helper).
+
+Core functions raise ``ValueError``/``TypeError`` for bad input, ``FileNotFoundError`` for a
+missing model, ``KeyError`` for an unknown job; the API maps them to 4xx so a client sees what to
+fix, never a stack trace. Anything else is a 500 with a generic message (details go to the log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from cellsparse_app.jobs import QueueFullError
+
+logger = logging.getLogger(__name__)
+
+
+class PayloadTooLarge(ValueError):
+    """An image or body over the configured size caps (413)."""
+
+
+class NotAvailable(RuntimeError):
+    """A feature that exists in the wire format but not on this server (501)."""
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a core exception maps to."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, PayloadTooLarge):
+        return 413
+    if isinstance(exc, NotAvailable):
+        return 501
+    if isinstance(exc, QueueFullError):
+        return 429
+    if isinstance(exc, (FileNotFoundError, KeyError)):
+        return 404
+    if isinstance(exc, (ValueError, TypeError)):
+        return 400
+    if isinstance(exc, PermissionError):
+        return 403
+    return 500
+
+
+def message_for(exc: BaseException) -> str:
+    """A one-line message for the client (KeyError's quotes removed)."""
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def to_http(exc: BaseException) -> HTTPException:
+    """``HTTPException`` for ``exc`` (500s get a generic message; the cause is logged)."""
+    status = status_for(exc)
+    if status >= 500 and status != 501:
+        logger.exception("internal error", exc_info=exc)
+        return HTTPException(500, f"internal server error ({type(exc).__name__}); see server log")
+    return HTTPException(status, message_for(exc))
+
+
+@contextlib.contextmanager
+def core_errors() -> Iterator[None]:
+    """``with core_errors(): ...`` re-raises core exceptions as the matching ``HTTPException``."""
+    try:
+        yield
+    except HTTPException:
+        raise
+    except Exception as exc:
+        raise to_http(exc) from exc
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register handlers so core exceptions escaping a route still become clear 4xx."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        http = to_http(exc)
+        return JSONResponse({"detail": http.detail}, status_code=http.status_code)
+
+    for exc_type in (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        KeyError,
+        QueueFullError,
+        NotAvailable,
+        PermissionError,
+    ):
+        app.add_exception_handler(exc_type, handle)

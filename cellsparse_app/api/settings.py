@@ -1,0 +1,101 @@
+"""Server settings: one frozen dataclass, from the environment and the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+#: Environment variables read by :meth:`ServerSettings.from_env`.
+ENV_HOME = "CELLSPARSE_HOME"
+ENV_TOKEN = "CELLSPARSE_API_TOKEN"
+ENV_MAX_BODY = "CELLSPARSE_MAX_BODY_MB"
+ENV_MAX_PIXELS = "CELLSPARSE_MAX_IMAGE_PIXELS"
+ENV_MAX_TRAIN_SECONDS = "CELLSPARSE_MAX_TRAIN_SECONDS"
+#: Test/offline-demo switch: SAM networks with random weights (masks are meaningless).
+ENV_SAM_RANDOM_INIT = "CELLSPARSE_SAM_RANDOM_INIT"
+
+
+def default_home() -> Path:
+    """``$CELLSPARSE_HOME`` or ``~/.cellsparse``: where the server keeps models and weights."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".cellsparse")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Everything the REST server needs to know; immutable once the app is built.
+
+    Attributes:
+        data_dir: models, SAM weights and temporary files live here and nowhere else.
+        host: interface to bind; loopback by default so nothing is exposed by accident.
+        port: TCP port.
+        token: if set, every API request must carry it (``Authorization: Bearer <token>``,
+            ``X-API-Token``, or a ``/t/<token>/`` URL prefix for clients that cannot add headers).
+        max_body_bytes: larger request bodies are refused with 413 before being read.
+        max_image_pixels: larger images are refused with 413 before their pixels are decoded.
+        max_train_seconds: time budget cap of one training request.
+        max_train_steps: step cap of one training request.
+        max_pending_jobs: training jobs allowed to wait in the queue (more: 429).
+        sam_concurrency: SAM requests computed at the same time (others wait their turn).
+        max_points: most SAM point prompts in one request.
+        mount_ui: serve the Gradio UI at ``/ui`` when ``cellsparse_app.ui`` is available.
+        sam_random_init: build SAM networks with random weights instead of downloading
+            checkpoints (tests and offline demos only: masks are meaningless).
+    """
+
+    data_dir: Path = dataclasses.field(default_factory=default_home)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_body_bytes: int = 128 * 2**20
+    max_image_pixels: int = 36_000_000
+    max_train_seconds: float = 1800.0
+    max_train_steps: int = 100_000
+    max_pending_jobs: int = 4
+    sam_concurrency: int = 2
+    max_points: int = 256
+    mount_ui: bool = True
+    sam_random_init: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("the API token must have at least 8 characters")
+        for name in ("max_body_bytes", "max_image_pixels", "max_pending_jobs", "sam_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "ServerSettings":
+        """Settings from ``CELLSPARSE_*`` environment variables; ``overrides`` win (None ignored)."""
+        values: dict[str, Any] = {}
+        if os.environ.get(ENV_TOKEN):
+            values["token"] = os.environ[ENV_TOKEN]
+        if os.environ.get(ENV_MAX_BODY):
+            values["max_body_bytes"] = int(float(os.environ[ENV_MAX_BODY]) * 2**20)
+        if os.environ.get(ENV_MAX_PIXELS):
+            values["max_image_pixels"] = int(os.environ[ENV_MAX_PIXELS])
+        if os.environ.get(ENV_MAX_TRAIN_SECONDS):
+            values["max_train_seconds"] = float(os.environ[ENV_MAX_TRAIN_SECONDS])
+        if os.environ.get(ENV_SAM_RANDOM_INIT, "").lower() in ("1", "true", "yes"):
+            values["sam_random_init"] = True
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether :attr:`host` only accepts local connections."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def replace(self, **changes: Any) -> "ServerSettings":
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)

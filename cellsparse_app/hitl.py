@@ -1,0 +1,332 @@
+"""Human-in-the-loop rounds on a :class:`~cellsparse_app.project.Project`.
+
+Train a round on the annotated images, predict, compare with the annotations, the ground truth
+and the previous round, export. These functions glue the engines (``train``, ``predict``,
+``metrics``, ``export``) to the project; the web UI reaches them through
+:class:`~cellsparse_app.workspace.Workspace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from cellsparse_app import render
+from cellsparse_app.labels import from_dense
+from cellsparse_app.project import Project, RoundRecord
+
+logger = logging.getLogger(__name__)
+
+#: Export formats: key -> (file suffix, what people call it).
+EXPORT_FORMATS: dict[str, tuple[str, str]] = {
+    "tiff": (".tif", "Label TIFF (napari / Fiji)"),
+    "geojson": (".geojson", "QuPath GeoJSON"),
+    "imagej": ("_rois.zip", "ImageJ ROI zip"),
+    "coco": ("_coco.json", "COCO JSON"),
+    "csv": ("_objects.csv", "CSV measurements"),
+    "sparse": ("_sparse.tif", "Sparse annotation TIFF (-1/0/1..N, for cellsparse train)"),
+}
+#: Most points kept in a round's stored loss curve.
+HISTORY_POINTS = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """A warning for the user, yielded by :func:`train_round` before training starts."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Result of predicting one image with the active round's model."""
+
+    image_id: str
+    name: str
+    round: int
+    n_objects: int
+    seconds: float
+    vs_annotations: dict | None  # metrics.match_labels against the user's annotations
+    vs_truth: dict | None  # ... against the full ground truth, when the image has one
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """What the compare step shows for one image (all pictures ``uint8 (H, W, 3)``)."""
+
+    image_id: str
+    round: int
+    input: np.ndarray
+    prediction: np.ndarray
+    n_objects: int
+    errors: np.ndarray | None  # TP/FP/FN colouring against ``errors_against``
+    errors_against: str | None  # "ground truth" or "your annotations"
+    metrics: dict | None  # match_labels result behind ``errors``
+    changes: np.ndarray | None  # against the previous round's prediction
+    previous_round: int | None
+    n_new: int = 0
+    n_removed: int = 0
+
+
+def train_round(
+    project: Project,
+    cfg: Any,
+    *,
+    continue_training: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Any, None, RoundRecord | None]:
+    """Train on every annotated image and save the model as the next round.
+
+    Yields :class:`Notice` items first (e.g. no Background annotated), then the engine's
+    ``TrainProgress`` per step. Returns the new :class:`RoundRecord`, or None when the run was
+    stopped before its first step. A run stopped by ``should_stop`` (or by closing the generator)
+    keeps the model trained so far as a round marked ``cancelled``; a failing run raises and
+    leaves annotations and earlier rounds untouched.
+
+    Raises:
+        ValueError: nothing annotated, no Foreground cell, or an incompatible model to continue.
+    """
+    from cellsparse_app.train import TrainedModel, train_iter
+
+    ids, images, labels = project.training_data()
+    totals = project.totals()
+    if not ids:
+        raise ValueError("nothing to train on yet: accept some Foreground cells and mark some "
+                         "Background first")
+    if totals["n_objects"] == 0:
+        raise ValueError("no Foreground cell annotated: accept at least one cell (ideally 5-20)")
+    if totals["background_px"] == 0:
+        yield Notice("No Background marked: the model cannot learn what is not a cell. Mark some "
+                     "Background (box or brush) for a much better model.")
+    initial, parent = None, None
+    if continue_training:
+        if project.active_round is None:
+            raise ValueError("no model to continue from: train from scratch first")
+        parent = project.active_round
+        initial = TrainedModel.load(project.model_dir())
+        if initial.family != cfg.family:
+            raise ValueError(f"round {parent} is a {initial.family!r} model; cannot continue it as "
+                             f"{cfg.family!r} (train from scratch instead)")
+    stop_now = [False]
+    user_stop = should_stop or (lambda: False)
+    engine = train_iter(images, labels, cfg, image_config=project.image_config, initial=initial,
+                        should_stop=lambda: stop_now[0] or user_stop())
+    history: list[dict[str, float]] = []
+    start = time.monotonic()
+    model = None
+    try:
+        while True:
+            progress = next(engine)
+            history.append({"step": int(progress.step), "loss": float(progress.loss)})
+            yield progress
+    except StopIteration as finished:
+        model = finished.value
+    except GeneratorExit:
+        # The consumer went away (page closed, event cancelled): stop cleanly, keep the model.
+        stop_now[0] = True
+        model = _drain(engine)
+        _save_round(project, model, cfg, parent, history, start, totals)
+        raise
+    return _save_round(project, model, cfg, parent, history, start, totals)
+
+
+def _drain(engine: Generator) -> Any:
+    try:
+        while True:
+            next(engine)
+    except StopIteration as finished:
+        return finished.value
+
+
+def _save_round(project, model, cfg, parent, history, start, totals) -> RoundRecord | None:
+    if model is None or not history:
+        logger.info("training stopped before the first step; no round saved")
+        return None
+    meta = getattr(model, "meta", {}) or {}
+    step = max(1, len(history) // HISTORY_POINTS)
+    record = RoundRecord(
+        index=project.next_round_index(), family=cfg.family, parent=parent,
+        steps=int(history[-1]["step"]), seconds=round(time.monotonic() - start, 2),
+        final_loss=float(np.mean([h["loss"] for h in history[-10:]])),
+        cancelled=bool(meta.get("cancelled", False)), n_objects=totals["n_objects"],
+        background_px=totals["background_px"], history=history[::step],
+    )
+    return project.add_round(model, record)
+
+
+def predict_images(
+    project: Project,
+    image_ids: Sequence[str],
+    cfg: Any = None,
+    *,
+    cache: Callable[[tuple, Callable[[], Any]], Any] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> list[Prediction]:
+    """Predict images with the active round's model, store predictions and metrics.
+
+    Args:
+        cache: ``cache(key, load)`` returns a loaded model for ``key`` (lets a session keep
+            the model in memory between calls); None loads it every time.
+        progress: ``progress(fraction, text)`` before each image.
+
+    Raises:
+        RuntimeError: no model trained yet.
+    """
+    from cellsparse_app.metrics import match_labels
+    from cellsparse_app.predict import PredictConfig, predict_instances
+    from cellsparse_app.train import TrainedModel
+
+    rec = project.round()
+    model_dir = project.model_dir()
+    load = lambda: TrainedModel.load(model_dir)  # noqa: E731
+    model = cache((rec.index, str(model_dir)), load) if cache else load()
+    cfg = cfg or PredictConfig()
+    results = []
+    for k, image_id in enumerate(image_ids):
+        name = project.record(image_id).name
+        if progress:
+            progress(k / len(image_ids), f"predicting {name} ({k + 1}/{len(image_ids)})")
+        start = time.monotonic()
+        pred = predict_instances(model, project.image(image_id), cfg)
+        seconds = time.monotonic() - start
+        project.set_prediction(image_id, pred)
+        annotations, truth = project.labels(image_id), project.truth(image_id)
+        vs_ann = match_labels(annotations, pred) if (annotations > 0).any() else None
+        vs_truth = match_labels(truth, pred) if truth is not None else None
+        for kind, metrics in (("annotations", vs_ann), ("truth", vs_truth)):
+            if metrics is not None:
+                project.set_metrics(image_id, kind, _brief(metrics))
+        results.append(Prediction(image_id, name, rec.index, int(len(np.unique(pred)) - 1),
+                                  seconds, vs_ann, vs_truth))
+    return results
+
+
+def compare(project: Project, image_id: str, display: np.ndarray) -> Comparison:
+    """Pictures and numbers of the compare step for one image.
+
+    Raises:
+        RuntimeError: the image has no prediction from the active round yet.
+    """
+    from cellsparse_app.metrics import match_labels
+
+    pred = project.prediction(image_id)
+    if pred is None:
+        raise RuntimeError("no prediction for this image yet: click Predict first")
+    truth = project.truth(image_id)
+    annotations = project.labels(image_id)
+    errors = metrics = against = None
+    if truth is not None or (annotations > 0).any():
+        against = "ground truth" if truth is not None else "your annotations"
+        reference = truth if truth is not None else annotations
+        metrics = match_labels(reference, pred, (0.5,))
+        errors = render.error_overlay(display, reference, pred, metrics["fp_ids"][0],
+                                      metrics["fn_ids"][0], metrics["ignored_ids"][0])
+    changes, prev_round, n_new, n_removed = None, None, 0, 0
+    previous = project.previous_prediction(image_id)
+    if previous is not None:
+        prev_round, prev = previous
+        diff = match_labels(from_dense(prev.astype(np.int64)), pred, (0.5,))
+        n_new, n_removed = len(diff["fp_ids"][0]), len(diff["fn_ids"][0])
+        changes = render.change_overlay(display, prev, pred, diff["fn_ids"][0], diff["fp_ids"][0])
+    return Comparison(
+        image_id=image_id, round=project.active_round or 0, input=display,
+        prediction=render.instances_overlay(display, pred), n_objects=int(len(np.unique(pred)) - 1),
+        errors=errors, errors_against=against, metrics=metrics, changes=changes,
+        previous_round=prev_round, n_new=n_new, n_removed=n_removed,
+    )
+
+
+def export_files(
+    project: Project, image_ids: Sequence[str], source: str, formats: Sequence[str], dest: Path
+) -> list[Path]:
+    """Write ``formats`` (keys of :data:`EXPORT_FORMATS`) of the prediction or annotation.
+
+    Args:
+        source: ``"prediction"`` (active round) or ``"annotations"`` (Foreground cells).
+
+    Raises:
+        ValueError: unknown source/format, no format chosen, or an image without prediction.
+    """
+    from cellsparse_app import export
+
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"choose export formats among {list(EXPORT_FORMATS)}, got {list(formats)}")
+    if source not in ("prediction", "annotations"):
+        raise ValueError(f"export source must be 'prediction' or 'annotations', got {source!r}")
+    if "sparse" in formats and source != "annotations":
+        raise ValueError("the sparse annotation TIFF exists only for annotations")
+    dest.mkdir(parents=True, exist_ok=True)
+    names, stacks, written = [], [], []
+    for image_id in image_ids:
+        name = project.record(image_id).name
+        if source == "prediction":
+            pred = project.prediction(image_id) if project.active_round else None
+            if pred is None:
+                raise ValueError(f"{name} has no prediction yet: Predict it first")
+            labels = pred.astype(np.int32)
+        else:
+            labels = project.labels(image_id)
+        stem = dest / f"{name}_{source}"
+        names.append(f"{name}.tif")
+        stacks.append(labels)
+        for fmt in formats:
+            path = Path(f"{stem}{EXPORT_FORMATS[fmt][0]}")
+            if fmt == "tiff":
+                written.append(export.write_label_tiff(path, labels))
+            elif fmt == "sparse":
+                written.append(export.write_label_tiff(path, labels, keep_unlabelled=True))
+            elif fmt == "geojson":
+                written.append(export.write_geojson(path, labels, label="cell"))
+            elif fmt == "imagej":
+                written.append(export.write_imagej_rois(path, labels))
+            elif fmt == "csv":
+                path.write_text(export.measure_objects(labels, project.image(image_id)))
+                written.append(path)
+    if "coco" in formats:
+        stem = names[0][:-4] if len(names) == 1 else "all_images"
+        written.append(export.write_coco(dest / f"{stem}_{source}_coco.json", stacks,
+                                         file_names=names))
+    return written
+
+
+def export_model(project: Project, dest: Path) -> Path:
+    """The active round's model directory as a zip the CLI and API can load."""
+    from cellsparse_app.export import zip_model
+
+    rec = project.round()
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"cellsparse_{rec.family}_round{rec.index}.zip"
+    path.write_bytes(zip_model(project.model_dir()))
+    return path
+
+
+def _brief(metrics: dict) -> dict:
+    """The scalars of a match_labels result (what a round keeps)."""
+    keys = ("thresholds", "ap", "precision", "recall", "tp", "fp", "fn", "n_true", "n_pred")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def family_choices() -> list[tuple[str, str]]:
+    """``(title, name)`` of every registered model family, default first."""
+    from cellsparse_app.models.base import get_family, list_families
+
+    return [(getattr(get_family(n), "title", n), n) for n in list_families()]
+
+
+def describe_device() -> str:
+    """Where training runs, in words (GPU name, or CPU with its thread count)."""
+    import torch
+
+    from cellsparse_app.device import resolve_device
+
+    device = resolve_device("auto")
+    if device.type == "cuda":
+        return f"**Device:** GPU — {torch.cuda.get_device_name(device)}"
+    return (f"**Device:** CPU ({torch.get_num_threads()} threads; no GPU found) — training "
+            "takes minutes, not seconds")

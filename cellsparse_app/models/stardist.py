@@ -1,0 +1,230 @@
+"""StarDist-style family (``"stardist"``): object probability + radial distances, in PyTorch.
+
+Schmidt et al. 2018 (*Cell Detection with Star-convex Polygons*): for every pixel the network
+predicts the probability of being inside an object (normalised distance to the object's boundary)
+and the distances to that boundary along ``n_rays`` equally spaced rays. Prediction keeps
+candidates on a ``grid`` above a probability threshold, turns them into star-convex polygons,
+removes overlapping ones by non-maximum suppression and rasterises the survivors.
+
+Sparse labels (Sugawara 2023): the probability loss is a binary cross-entropy over labelled pixels
+only (annotated background is 0, unlabelled ``-1`` is ignored, as ``stardist``'s
+``prob[mask_neg_labels] = -1``); the distance loss is an L1 weighted by the object probability, so
+it only acts inside annotated objects. Rays are marched until they leave their object, whatever is
+next to it (another cell, background or unlabelled); a ray that leaves a training patch while still
+inside its object has an unknown length and is ignored.
+
+Output channels: ``0`` object logit, ``1..n_rays`` ray lengths in units of ``dist_scale`` pixels. The geometry lives in
+:mod:`cellsparse_app.models.star_geometry` (no ``stardist``/TensorFlow dependency).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from cellsparse_app.models.base import ModelConfig, ModelFamily, register_family
+from cellsparse_app.models.star_geometry import (
+    UNKNOWN_DISTANCE,
+    distances_to_polygons,
+    polygon_nms,
+    polygons_to_labels,
+    star_distances,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+#: Beyond this many candidates only the most probable are kept for NMS (an untrained network
+#: can mark the whole image as object; NMS cost grows with the candidate count).
+MAX_CANDIDATES = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class StarDistConfig(ModelConfig):
+    """Architecture and loss settings of the StarDist-style family.
+
+    Attributes:
+        n_rays: number of radial distances per pixel (equally spaced angles).
+        grid: stride of the candidate grid at prediction and of the distance targets (StarDist's
+            ``grid``); the probability is learnt at every pixel.
+        dist_loss_weight: weight of the distance loss (mean absolute ray error in pixels,
+            weighted by the object probability) relative to the probability loss.
+        dist_scale: pixels per unit of the network's distance channels, so that the raw outputs
+            stay near 1 for cell-sized rays (easier to learn from a fresh initialisation).
+        prob_threshold: default object-probability threshold for candidates (``PredictConfig``
+            ``prob_threshold`` overrides it).
+        nms_threshold: default NMS overlap threshold (``PredictConfig.nms_threshold``
+            overrides it).
+        blocks: residual conv pairs per U-Net level.
+        style: use the U-Net's style vector.
+    """
+
+    depth: int = 3
+    n_rays: int = 32
+    grid: int = 2
+    dist_loss_weight: float = 0.2
+    dist_scale: float = 10.0
+    prob_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    blocks: int = 1
+    style: bool = True
+
+    def __post_init__(self) -> None:
+        _check_architecture(self)
+        if not isinstance(self.n_rays, int) or self.n_rays < 3:
+            raise ValueError(f"n_rays must be an integer >= 3, got {self.n_rays!r}")
+        if not isinstance(self.grid, int) or self.grid < 1:
+            raise ValueError(f"grid must be an integer >= 1, got {self.grid!r}")
+        if self.dist_loss_weight < 0 or self.dist_scale <= 0:
+            raise ValueError(
+                f"dist_loss_weight must be >= 0 and dist_scale > 0, got "
+                f"{self.dist_loss_weight} and {self.dist_scale}"
+            )
+        for name in ("prob_threshold", "nms_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def instance_edt(labels: np.ndarray) -> np.ndarray:
+    """Per-instance Euclidean distance to the object's boundary, ``float32``, 0 off instances.
+
+    The boundary is any pixel with another value (other cell, background, unlabelled). The image
+    edge is *not* a boundary: objects cut by it are treated as going on (as ``stardist``'s
+    ``edt_prob``).
+    """
+    labels = np.asarray(labels)
+    padded = np.pad(labels, 1, mode="edge")
+    out = np.zeros(padded.shape, np.float32)
+    for index, box in enumerate(ndi.find_objects(np.maximum(padded, 0)), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        mask = padded[grown] == index
+        out[grown][mask] = ndi.distance_transform_edt(mask)[mask]
+    return out[1:-1, 1:-1]
+
+
+def normalised_edt(labels: np.ndarray, edt: np.ndarray | None = None) -> np.ndarray:
+    """:func:`instance_edt` divided by each instance's maximum, in ``(0, 1]`` on instances.
+
+    ``edt``: the :func:`instance_edt` of ``labels`` if already computed.
+    """
+    labels = np.asarray(labels)
+    edt = instance_edt(labels) if edt is None else edt
+    ids = np.where(labels > 0, labels, 0)
+    if not ids.any():
+        return edt
+    peak = ndi.maximum(edt, ids, index=np.arange(int(ids.max()) + 1))
+    peak = np.asarray(peak, np.float32)
+    peak[peak <= 0] = 1.0
+    return np.where(ids > 0, edt / peak[ids], 0.0).astype(np.float32)
+
+
+class StarDistFamily(ModelFamily):
+    """StarDist-style rays and object probability; see the module docstring."""
+
+    name = "stardist"
+    title = "StarDist-style (star-convex polygons)"
+    config_cls = StarDistConfig
+
+    def build(self, cfg: StarDistConfig) -> "torch.nn.Module":
+        from cellsparse_app.models.unet import build_unet
+
+        return build_unet(
+            cfg.in_channels, 1 + cfg.n_rays, cfg.base_channels, cfg.depth, cfg.blocks, cfg.style
+        )
+
+    def targets(self, labels: np.ndarray, cfg: StarDistConfig) -> np.ndarray:
+        """``(1 + n_rays, H, W)``: object probability (-1 unlabelled) then ray lengths.
+
+        Ray lengths are ``-1`` (ignored) off the grid and where the ray leaves the patch inside
+        its object; 0 outside instances.
+        """
+        labels = np.asarray(labels)
+        prob = normalised_edt(labels)
+        prob[labels < 0] = -1.0
+        dist = star_distances(labels, cfg.n_rays, grid=cfg.grid, unknown_outside=True)
+        off_grid = np.ones(labels.shape, bool)
+        off_grid[:: cfg.grid, :: cfg.grid] = False
+        dist[:, off_grid & (labels > 0)] = UNKNOWN_DISTANCE
+        return np.concatenate([prob[None], dist], axis=0)
+
+    def loss(self, output: "torch.Tensor", target: "torch.Tensor", cfg: StarDistConfig):
+        """BCE over labelled pixels + ``dist_loss_weight`` x probability-weighted ray L1."""
+        import torch
+        from torch.nn import functional as F
+
+        output, target = output.float(), target.float()
+        prob_t = target[:, 0]
+        labelled = prob_t >= 0
+        bce = F.binary_cross_entropy_with_logits(output[:, 0], prob_t.clamp(min=0), reduction="none")
+        zero = output.new_zeros(())
+        prob_loss = torch.where(labelled, bce, zero).sum() / labelled.sum().clamp(min=1)
+
+        dist_t = target[:, 1:]
+        weight = torch.where(dist_t >= 0, prob_t.clamp(min=0)[:, None], zero)
+        dist = output[:, 1:] * cfg.dist_scale
+        err = torch.where(weight > 0, weight * (dist - dist_t).abs(), zero)
+        dist_loss = err.sum() / weight.sum().clamp(min=1e-6)
+        return prob_loss + cfg.dist_loss_weight * dist_loss
+
+    def postprocess(self, output: np.ndarray, cfg: StarDistConfig, predict_cfg: Any) -> np.ndarray:
+        """Candidates on the grid above the probability threshold -> polygon NMS -> labels."""
+        output = np.asarray(output, np.float32)
+        if output.ndim != 3 or output.shape[0] != 1 + cfg.n_rays:
+            raise ValueError(
+                f"stardist output must be ({1 + cfg.n_rays}, H, W), got {output.shape}"
+            )
+        threshold = _setting(predict_cfg, "prob_threshold", cfg.prob_threshold)
+        nms = _setting(predict_cfg, "nms_threshold", cfg.nms_threshold)
+        min_size = int(_setting(predict_cfg, "min_size", 0))
+        shape = output.shape[1:]
+        grid_logit = output[0, :: cfg.grid, :: cfg.grid]
+        logit_threshold = np.log(threshold / (1 - threshold)) if 0 < threshold < 1 else threshold
+        rows, cols = np.nonzero(grid_logit > logit_threshold)
+        scores = 1.0 / (1.0 + np.exp(-grid_logit[rows, cols].astype(np.float64)))
+        rows, cols = rows * cfg.grid, cols * cfg.grid
+        if scores.size > MAX_CANDIDATES:
+            logger.warning("%d candidates; keeping the %d most probable", scores.size, MAX_CANDIDATES)
+            top = np.argsort(-scores)[:MAX_CANDIDATES]
+            rows, cols, scores = rows[top], cols[top], scores[top]
+        dists = np.maximum(output[1:, rows, cols].T * cfg.dist_scale, 1e-3)
+        coords = distances_to_polygons(np.stack([rows, cols], axis=1), dists)
+        kept = polygon_nms(np.stack([rows, cols], axis=1), dists, scores, nms)
+        labels = polygons_to_labels(coords[kept], shape, scores[kept])
+        return _remove_small(labels, min_size)
+
+
+def _check_architecture(cfg: ModelConfig) -> None:
+    """``ValueError`` naming the first architecture field that is not a positive integer."""
+    for name in ("in_channels", "base_channels", "depth", "blocks"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= 1, got {value!r}")
+
+
+def _setting(predict_cfg: Any, name: str, default: float) -> float:
+    value = getattr(predict_cfg, name, None) if predict_cfg is not None else None
+    return float(default if value is None else value)
+
+
+def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects under ``min_size`` pixels and renumber 1..N (``uint32``)."""
+    labels = np.asarray(labels)
+    if labels.max(initial=0) == 0:
+        return labels.astype(np.uint32)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    lut = np.zeros(sizes.size, np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return lut[labels]
+
+
+register_family(StarDistFamily())

@@ -1,0 +1,188 @@
+"""Prediction with a :class:`~cellsparse_app.models.trained.TrainedModel` on images of any size.
+
+The image is normalised as in training (``model.image``), cut into overlapping tiles (at most
+``tile_size`` square; a smaller image is one tile), run through the network in batches under
+``torch.inference_mode`` (channels-last; fp16 autocast on CUDA), and the tiles' outputs are blended
+with weights that fall off towards the tile edges, so there are no seams. The family then turns
+the blended ``(K, H, W)`` output into instance labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cellsparse_app import device as devices
+from cellsparse_app.config import JsonConfig
+from cellsparse_app.io import validate_image
+from cellsparse_app.models.trained import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+#: ``progress(done, total)``: tiles processed so far out of the image's tile count.
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(JsonConfig):
+    """Prediction settings.
+
+    Attributes:
+        prob_threshold: object probability (0..1) a pixel needs to be part of an object;
+            ``None``: the family's default (0.5 for Cellpose-style).
+        flow_threshold: Cellpose-style quality control: masks whose flows disagree with their
+            shape by more than this are dropped (0 keeps all).
+        nms_threshold: StarDist-style overlap threshold of the non-maximum suppression.
+        min_size: objects with fewer pixels are removed.
+        tile_size: largest tile side given to the network (memory bound).
+        tile_overlap: overlap of neighbouring tiles as a fraction of ``tile_size``.
+        batch_size: tiles per network call.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    prob_threshold: float | None = None
+    flow_threshold: float = 0.4
+    nms_threshold: float = 0.4
+    min_size: int = 15
+    tile_size: int = 512
+    tile_overlap: float = 0.125
+    batch_size: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.prob_threshold is not None and not 0 < self.prob_threshold < 1:
+            raise ValueError(f"prob_threshold must be in (0, 1) or None, got {self.prob_threshold}")
+        if self.flow_threshold < 0 or not 0 <= self.nms_threshold <= 1:
+            raise ValueError("flow_threshold must be >= 0 and nms_threshold in [0, 1]")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ValueError(f"min_size must be an integer >= 0, got {self.min_size!r}")
+        if not isinstance(self.tile_size, int) or self.tile_size < 32:
+            raise ValueError(f"tile_size must be an integer >= 32, got {self.tile_size!r}")
+        if not 0 <= self.tile_overlap < 0.5:
+            raise ValueError(f"tile_overlap must be in [0, 0.5), got {self.tile_overlap}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.device not in devices.DEVICES:
+            raise ValueError(f"device must be one of {', '.join(devices.DEVICES)}, got {self.device!r}")
+
+
+def predict_raw(
+    model: TrainedModel,
+    image: np.ndarray,
+    cfg: PredictConfig = PredictConfig(),
+    *,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The network's blended output for ``image``: ``float32 (K, H, W)``.
+
+    Args:
+        model: a trained model.
+        image: ``(H, W)`` or ``(H, W, C)`` image as read (any numeric dtype).
+        cfg: tiling and device settings.
+        progress: called as ``progress(done, total)`` after each batch of tiles.
+
+    Raises:
+        TypeError, ValueError: unusable image, or channels that do not match the model.
+    """
+    image = validate_image(image)
+    x = model.image.prepare(image)
+    expected = model.config.in_channels
+    if x.shape[0] != expected:
+        raise ValueError(
+            f"the model takes {expected} channel(s) but the image gives {x.shape[0]} "
+            f"(image shape {image.shape}, model channels {model.image.channels})"
+        )
+    device = devices.resolve_device(cfg.device)
+    network = model.network
+    if next(network.parameters()).device != device:
+        network = network.to(device)
+        model.network = network
+    network = devices.prepare_module(network, device).eval()
+    multiple = 2 ** int(getattr(model.config, "depth", 0))
+    return _tiled(network, x, cfg, device, multiple, progress)
+
+
+def predict_instances(
+    model: TrainedModel,
+    image: np.ndarray,
+    cfg: PredictConfig = PredictConfig(),
+    *,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Instance labels of ``image``: ``uint32 (H, W)``, 0 background, 1..N objects.
+
+    See :func:`predict_raw` for the arguments.
+    """
+    raw = predict_raw(model, image, cfg, progress=progress)
+    labels = model.family_impl.postprocess(raw, model.config, cfg)
+    return np.asarray(labels).astype(np.uint32, copy=False)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = max(1, int(tile * (1 - overlap)))
+    count = int(math.ceil((length - tile) / step)) + 1
+    return [int(round(v)) for v in np.linspace(0, length - tile, count)]
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """``(tile, tile)`` weights: 1 in the middle, falling linearly to ~0 over ``overlap`` pixels."""
+    ramp = np.ones(tile, np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = np.minimum(ramp[:overlap], edge)
+        ramp[-overlap:] = np.minimum(ramp[-overlap:], edge[::-1])
+    return np.outer(ramp, ramp)
+
+
+def _tiled(
+    network: torch.nn.Module,
+    x: np.ndarray,
+    cfg: PredictConfig,
+    device: torch.device,
+    multiple: int,
+    progress: Progress | None,
+) -> np.ndarray:
+    channels, height, width = x.shape
+    tile = max(multiple, cfg.tile_size // multiple * multiple)
+    # Pad (with 0, the normalised background level, as in training) to a multiple of the
+    # network's size multiple and to at least one tile where the image is larger than a tile.
+    ph = _round_up(height, multiple) if height <= tile else max(height, tile)
+    pw = _round_up(width, multiple) if width <= tile else max(width, tile)
+    padded = np.zeros((channels, ph, pw), np.float32)
+    padded[:, :height, :width] = x
+    th, tw = min(tile, ph), min(tile, pw)
+    boxes = [(r, c) for r in tile_starts(ph, th, cfg.tile_overlap)
+             for c in tile_starts(pw, tw, cfg.tile_overlap)]
+    overlap = int(round(tile * cfg.tile_overlap)) if len(boxes) > 1 else 0
+    weight = blend_weights(max(th, tw), overlap)[:th, :tw] if overlap else np.ones((th, tw), np.float32)
+    out_sum: np.ndarray | None = None
+    weight_sum = np.zeros((ph, pw), np.float32)
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    with torch.inference_mode():
+        for first in range(0, len(boxes), cfg.batch_size):
+            chunk = boxes[first : first + cfg.batch_size]
+            batch = torch.from_numpy(np.stack([padded[:, r : r + th, c : c + tw] for r, c in chunk]))
+            with devices.autocast(device, precision):
+                out = network(devices.to_device(batch, device))
+            out = out.float().cpu().numpy()
+            if out_sum is None:
+                out_sum = np.zeros((out.shape[1], ph, pw), np.float32)
+            for (r, c), o in zip(chunk, out):
+                out_sum[:, r : r + th, c : c + tw] += o * weight
+                weight_sum[r : r + th, c : c + tw] += weight
+            if progress is not None:
+                progress(min(first + cfg.batch_size, len(boxes)), len(boxes))
+    out_sum /= np.maximum(weight_sum, 1e-6)
+    return np.ascontiguousarray(out_sum[:, :height, :width])
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)

@@ -1,0 +1,68 @@
+"""The workspace's bridge to the SAM prompt engine (:mod:`cellsparse_app.sam`).
+
+The workspace speaks ``(row, col)`` points and ``(row0, col0, row1, col1)`` boxes and wants one
+boolean mask per prompt; the engine's ``SamAnnotator`` does the rest (embedding cache, backends,
+the offline fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def create_annotator(model_type: str) -> Any:
+    """The shared ``SamAnnotator`` for ``model_type`` (environment overrides applied; falls
+    back to the offline method when the weights are unavailable)."""
+    from cellsparse_app.sam import SamAnnotator, SamConfig
+
+    return SamAnnotator(SamConfig.from_env(SamConfig(model_type=model_type)))
+
+
+def describe_annotator(annotator: Any) -> str:
+    """Which backend answers clicks, in words, saying so when it is the offline fallback."""
+    return str(annotator.describe())
+
+
+def prepare(annotator: Any, rgb: np.ndarray) -> str:
+    """Compute (and cache) the embedding of ``rgb``; returns the backend name."""
+    annotator.embed(rgb)
+    return str(annotator.backend_name)
+
+
+def segment(
+    annotator: Any,
+    rgb: np.ndarray,
+    points: Sequence[tuple[int, int]],
+    labels: Sequence[int],
+    box: tuple[int, int, int, int] | None,
+) -> tuple[np.ndarray, float | None, str]:
+    """The best mask for points (1 positive / 0 negative) and/or a box.
+
+    Returns:
+        ``(mask, score, backend)``; an empty mask when the engine found nothing.
+    """
+    points_rc = np.asarray(points, dtype=np.float32).reshape(-1, 2) if points else None
+    point_labels = np.asarray(labels, dtype=np.int32) if points else None
+    if box is not None:
+        r0, c0, r1, c1 = box
+        box_rc = (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1))
+        result = annotator.segment_from_box(rgb, box_rc, points_rc=points_rc,
+                                            point_labels=point_labels)
+    else:
+        result = annotator.segment_from_points(rgb, points_rc, point_labels, mode="best")
+    if len(result.masks) == 0:
+        return np.zeros(rgb.shape[:2], dtype=bool), None, result.model
+    return result.masks[0], float(result.scores[0]), result.model
+
+
+def auto_masks(annotator: Any, rgb: np.ndarray) -> np.ndarray:
+    """Automatic mask generation as an instance image (0 none, 1..K candidates)."""
+    from cellsparse_app.sam import AutoMaskConfig
+
+    labels = annotator.generate_masks(rgb, AutoMaskConfig())
+    return np.where(np.asarray(labels) > 0, labels, 0).astype(np.int32)

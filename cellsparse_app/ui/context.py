@@ -1,0 +1,92 @@
+"""What one running web app shares between its users: settings and the lazily loaded SAM model.
+
+Per-user data never lives here: each browser session gets its own
+:class:`~cellsparse_app.workspace.Workspace` (in ``gr.State``) with a private project folder.
+Only the SAM annotator is shared, read-only apart from its thread-safe embedding cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from cellsparse_app.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"${name} must be an integer, got {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class AppSettings:
+    """Server-side settings (environment variables in brackets).
+
+    Attributes:
+        session_root: parent of the per-session project folders (``CELLSPARSE_SESSION_DIR``).
+        sam_model: SAM backend to use (``CELLSPARSE_SAM_MODEL``: vit_t, vit_b, vit_l, vit_h,
+            fallback); the SAM engine falls back to its offline method without weights.
+        gpu_slots: trainings/predictions running at once (``CELLSPARSE_GPU_SLOTS``); more wait
+            in the queue.
+        sam_slots: SAM requests served at once (``CELLSPARSE_SAM_SLOTS``).
+        max_train_seconds: the largest time budget a user may ask for.
+        example_image, example_truth: the bundled example and its ground truth.
+    """
+
+    session_root: Path = Path(
+        os.environ.get("CELLSPARSE_SESSION_DIR")
+        or Path(tempfile.gettempdir()) / "cellsparse-sessions"
+    )
+    sam_model: str = os.environ.get("CELLSPARSE_SAM_MODEL", "vit_t")
+    gpu_slots: int = _env_int("CELLSPARSE_GPU_SLOTS", 1)
+    sam_slots: int = _env_int("CELLSPARSE_SAM_SLOTS", 2)
+    max_train_seconds: int = 900
+    example_image: Path = ASSETS_DIR / "example_nuclei.png"
+    example_truth: Path = ASSETS_DIR / "example_nuclei_labels.tif"
+
+
+class AppContext:
+    """Settings plus the shared, lazily created SAM annotator (thread-safe)."""
+
+    def __init__(self, settings: AppSettings | None = None) -> None:
+        self.settings = settings or AppSettings()
+        self._annotator: Any = None
+        self._lock = threading.Lock()
+
+    def annotator(self) -> Any:
+        """The shared ``SamAnnotator`` (created on first use)."""
+        with self._lock:
+            if self._annotator is None:
+                from cellsparse_app.prompting import create_annotator
+
+                self._annotator = create_annotator(self.settings.sam_model)
+            return self._annotator
+
+    def sam_description(self) -> str:
+        """Which SAM backend answers clicks, in words (loads it)."""
+        from cellsparse_app.prompting import describe_annotator
+
+        return describe_annotator(self.annotator())
+
+    def new_workspace(self) -> Workspace:
+        """A fresh workspace in a private folder (one per browser session)."""
+        return Workspace.create(self.settings.session_root, sam=self.annotator)
+
+    @staticmethod
+    def close_workspace(workspace: Workspace | None) -> None:
+        """Delete a session's folder when Gradio drops the session."""
+        if workspace is not None:
+            workspace.close()
+            logger.info("closed session %s", workspace.directory)

@@ -1,0 +1,140 @@
+"""Handlers of the image sidebar: start a session, upload, example, switch, channels/contrast.
+
+Each handler parses its inputs, calls one ``Workspace`` method and formats the outputs. The
+output order of :func:`image_outputs` is the ``IMAGE_OUTPUTS`` list built in ``layout.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from cellsparse_app.io import ImageConfig
+from cellsparse_app.ui import formatting as fmt
+from cellsparse_app.ui.context import AppContext
+from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.workspace import CanvasView, Workspace
+
+logger = logging.getLogger(__name__)
+
+ANNOTATE_TAB = "annotate"
+
+
+def canvas_outputs(view: CanvasView) -> tuple:
+    """(canvas image, status, counts, cells table) of a :class:`CanvasView`."""
+    return (
+        view.image,
+        fmt.status_markdown(view.message),
+        fmt.summary_markdown(view.summary, view.totals),
+        fmt.cells_rows(view.objects),
+    )
+
+
+def image_outputs(ws: Workspace, view: CanvasView | None, *, go_annotate: bool = False) -> tuple:
+    """(image dropdown, image info, channels, low %, high %, tabs) + :func:`canvas_outputs`."""
+    records = ws.project.images
+    if view is None or ws.current is None:
+        empty = (None, fmt.status_markdown("Upload an image or load the example to start."),
+                 "", [])
+        return (gr.update(choices=[], value=None), "No image yet.", gr.update(choices=[], value=[]),
+                gr.skip(), gr.skip(), gr.skip(), *empty)
+    record = ws.project.record(ws.current)
+    cfg = ws.project.image_config
+    channel_choices = [(f"channel {c}", c) for c in range(record.n_channels)]
+    channels = list(cfg.channels) if cfg.channels is not None else list(range(record.n_channels))
+    return (
+        gr.update(choices=fmt.image_choices(records), value=ws.current),
+        fmt.image_info(record, record.has_truth),
+        gr.update(choices=channel_choices, value=channels, visible=record.n_channels > 1),
+        cfg.lower,
+        cfg.upper,
+        gr.update(selected=ANNOTATE_TAB) if go_annotate else gr.skip(),
+        *canvas_outputs(view),
+    )
+
+
+def start_session(ctx: AppContext) -> tuple[Workspace, str]:
+    """A new browser session: its workspace and the SAM backend line."""
+    ws = ctx.new_workspace()
+    try:
+        sam = ctx.sam_description()
+    except Exception as exc:  # SAM is optional for everything but clicking; say why it is off
+        logger.exception("SAM engine unavailable")
+        sam = f"SAM unavailable ({type(exc).__name__}: {exc}); clicks will fail, brush works"
+    return ws, f"**Segment Anything:** {sam}"
+
+
+@friendly
+def upload(ws: Workspace | None, files: list[Any] | None) -> tuple:
+    """Add uploaded files (PNG/JPEG/TIFF) to the project and show the first."""
+    ws = require(ws)
+    paths = [Path(f if isinstance(f, str) else f.name) for f in (files or [])]
+    ws.add_images(paths, names=[_original_name(p) for p in paths])
+    return image_outputs(ws, ws.view(f"Added {len(paths)} image(s): click a cell to start"),
+                         go_annotate=True)
+
+
+def load_example(ctx: AppContext):
+    """Handler factory: add the bundled example image (with its ground truth)."""
+
+    @friendly
+    def handler(ws: Workspace | None) -> tuple:
+        ws = require(ws)
+        s = ctx.settings
+        ws.add_example(s.example_image, s.example_truth if s.example_truth.is_file() else None)
+        return image_outputs(ws, ws.view("Example loaded: click a nucleus to get its SAM mask"),
+                             go_annotate=True)
+
+    return handler
+
+
+@friendly
+def select_image(ws: Workspace | None, image_id: str | None) -> tuple:
+    ws = require(ws)
+    if not image_id or image_id == ws.current:
+        return image_outputs(ws, ws.view() if ws.current else None)
+    return image_outputs(ws, ws.select_image(image_id))
+
+
+@friendly
+def apply_display(ws: Workspace | None, channels: list[int] | None, low: float, high: float) -> tuple:
+    """Channels and contrast percentiles (used for display, SAM and training)."""
+    ws = require(ws)
+    record = ws.project.record(ws.current) if ws.current else None
+    chosen = None
+    if record is not None and record.n_channels > 1:
+        if not channels:
+            raise ValueError("choose at least one channel")
+        chosen = tuple(sorted(int(c) for c in channels))
+        if len(chosen) == record.n_channels and record.n_channels in (1, 3):
+            chosen = None
+    view = ws.set_display(ImageConfig(channels=chosen, lower=float(low), upper=float(high)))
+    return image_outputs(ws, view)
+
+
+@friendly
+def remove_image(ws: Workspace | None) -> tuple:
+    ws = require(ws)
+    current = ws.remove_current()
+    return image_outputs(ws, ws.view("Image removed") if current else None)
+
+
+@friendly
+def prepare_sam(ws: Workspace | None) -> str:
+    """Compute the SAM embedding of the shown image so the first click answers at once."""
+    ws = require(ws)
+    if ws.current is None:
+        return ""
+    start = time.monotonic()
+    backend = ws.prepare_sam()
+    return fmt.status_markdown(f"SAM ready ({backend}, {time.monotonic() - start:.1f} s): "
+                               "click a cell")
+
+
+def _original_name(path: Path) -> str:
+    # Gradio keeps the uploaded file's name as the last path component.
+    return path.name

@@ -1,0 +1,110 @@
+"""Handlers of the Predict & compare and Export tabs, and project save/load."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from cellsparse_app.ui import formatting as fmt
+from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.ui.handlers_images import ANNOTATE_TAB, image_outputs
+from cellsparse_app.ui.handlers_train import rounds_outputs
+from cellsparse_app.workspace import SELECT, Workspace
+
+logger = logging.getLogger(__name__)
+
+PREDICTION, ERRORS, CHANGES = "prediction", "errors", "changes"
+LEGENDS = {PREDICTION: "", ERRORS: fmt.ERRORS_LEGEND, CHANGES: fmt.CHANGES_LEGEND}
+
+
+def _slider(comparison: Any, right: str) -> tuple:
+    """(slider value, legend, note) for the chosen right-hand picture."""
+    picture = {PREDICTION: comparison.prediction, ERRORS: comparison.errors,
+               CHANGES: comparison.changes}[right]
+    note = ""
+    if picture is None:
+        note = ("No annotations or ground truth on this image to score against."
+                if right == ERRORS else "No earlier round has predicted this image yet.")
+        picture = comparison.prediction
+    return (comparison.input, picture), LEGENDS[right] if not note else "", note
+
+
+@friendly
+def predict(
+    ws: Workspace | None, scope: str, prob_threshold: float | None, min_size: float | None,
+    right: str, progress: gr.Progress = gr.Progress(),
+) -> tuple:
+    """Predict with the active round. Outputs: slider, results text, legend, comparison text."""
+    from cellsparse_app.predict import PredictConfig
+
+    ws = require(ws)
+    cfg = PredictConfig()
+    if prob_threshold is not None and prob_threshold > 0:
+        cfg = cfg.replace(prob_threshold=float(prob_threshold))
+    if min_size is not None:
+        cfg = cfg.replace(min_size=int(min_size))
+    predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
+    value, legend, note = _slider(comparison, right)
+    text = fmt.prediction_markdown(predictions)
+    return value, text, legend, fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
+
+
+@friendly
+def show_comparison(ws: Workspace | None, right: str) -> tuple:
+    """Switch what the slider's right side shows. Outputs: slider, legend, comparison text."""
+    comparison = require(ws).compare()
+    value, legend, note = _slider(comparison, right)
+    return value, legend, fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
+
+
+@friendly
+def correct(ws: Workspace | None) -> tuple:
+    """Go to the Annotate tab with prediction outlines and Select mode, to accept or fix.
+    Outputs: tabs, click mode, show-prediction checkbox + canvas outputs."""
+    from cellsparse_app.ui.handlers_images import canvas_outputs
+
+    ws = require(ws)
+    view = ws.set_show_prediction(True)
+    return (gr.update(selected=ANNOTATE_TAB), SELECT, True, *canvas_outputs(view))
+
+
+def _export_dir(ws: Workspace) -> Path:
+    return ws.directory / "exports" / time.strftime("%Y%m%d-%H%M%S")
+
+
+@friendly
+def export(ws: Workspace | None, source: str, scope: str, formats: list[str]) -> list[str]:
+    """Write the chosen formats; returns the files for download."""
+    ws = require(ws)
+    paths = ws.export(source, scope, list(formats or []), _export_dir(ws))
+    gr.Info(f"Exported {len(paths)} file(s)")
+    return [str(p) for p in paths]
+
+
+@friendly
+def export_model(ws: Workspace | None) -> str:
+    ws = require(ws)
+    return str(ws.export_model(_export_dir(ws)))
+
+
+@friendly
+def save_project(ws: Workspace | None) -> str:
+    ws = require(ws)
+    dest = _export_dir(ws)
+    dest.mkdir(parents=True, exist_ok=True)
+    return str(ws.save_project(dest / "cellsparse_project.zip"))
+
+
+@friendly
+def load_project(ws: Workspace | None, file: Any) -> tuple:
+    """Open a saved project zip. Outputs: image outputs + rounds outputs."""
+    ws = require(ws)
+    if file is None:
+        raise ValueError("choose a project .zip saved by this app")
+    current = ws.load_project(Path(file if isinstance(file, str) else file.name))
+    view = ws.view("Project loaded") if current else None
+    return (*image_outputs(ws, view, go_annotate=current is not None), *rounds_outputs(ws))

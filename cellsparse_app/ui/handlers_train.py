@@ -1,0 +1,132 @@
+"""Handlers of the Train tab: a queued training run with progress, live loss curve and stop.
+
+The run is a generator handler in the ``"gpu"`` concurrency group: it yields the progress bar
+and the loss curve about twice a second. Stop sets the workspace's stop flag; the engine then
+ends after its current step and the model trained so far is saved as a round, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Generator
+
+import gradio as gr
+import pandas as pd
+
+from cellsparse_app.hitl import Notice
+from cellsparse_app.ui import formatting as fmt
+from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.ui.handlers_images import canvas_outputs
+from cellsparse_app.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two UI updates while training.
+UPDATE_EVERY = 0.5
+#: Most points sent to the loss plot per update.
+PLOT_POINTS = 400
+SCRATCH, CONTINUE = "scratch", "continue"
+
+
+def loss_frame(curve: list[tuple[int, float]]) -> pd.DataFrame:
+    """The loss curve as the LinePlot's data frame (thinned to :data:`PLOT_POINTS`)."""
+    step = max(1, len(curve) // PLOT_POINTS)
+    kept = curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])
+    return pd.DataFrame(kept, columns=["step", "loss"])
+
+
+def rounds_outputs(ws: Workspace) -> tuple:
+    """(rounds table, round chooser) for the current project."""
+    project = ws.project
+    rounds = project.rounds
+    return (
+        fmt.rounds_rows(rounds, project.active_round),
+        gr.update(choices=fmt.round_choices(rounds), value=project.active_round),
+    )
+
+
+@friendly
+def arm(ws: Workspace | None) -> tuple:
+    """Train was clicked: reset the stop flag, disable Train, enable Stop."""
+    require(ws).arm_training()
+    return (gr.update(interactive=False), gr.update(interactive=True),
+            fmt.progress_html(0.0, "waiting for a free training slot…", "idle"))
+
+
+def disarm() -> tuple:
+    """The run ended (any way): enable Train, disable Stop."""
+    return gr.update(interactive=True), gr.update(interactive=False)
+
+
+@friendly
+def stop(ws: Workspace | None) -> str:
+    require(ws).request_stop()
+    return fmt.status_markdown("Stopping after the current step; the model so far is kept…")
+
+
+@friendly
+def train(
+    ws: Workspace | None, family: str, start: str, seconds: float, steps: float | None
+) -> Generator[tuple, None, None]:
+    """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser."""
+    from cellsparse_app.train import TrainConfig
+
+    ws = require(ws)
+    steps = int(steps) if steps else None
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    seconds = float(seconds) if seconds else None
+    cfg = TrainConfig().replace(family=family, steps=steps, max_seconds=None if steps else seconds)
+    budget = cfg.max_seconds
+    curve: list[tuple[int, float]] = []
+    run = ws.train(cfg, continue_training=start == CONTINUE)
+    last = 0.0
+    yield fmt.progress_html(0.0, "preparing data…"), loss_frame(curve), gr.skip(), gr.skip()
+    try:
+        while True:
+            try:
+                item: Any = next(run)
+            except StopIteration as finished:
+                record = finished.value
+                break
+            if isinstance(item, Notice):
+                gr.Warning(item.text)
+                continue
+            curve.append((int(item.step), float(item.loss)))
+            if time.monotonic() - last >= UPDATE_EVERY:
+                last = time.monotonic()
+                fraction, text = fmt.progress_text(item, budget)
+                yield fmt.progress_html(fraction, text), loss_frame(curve), gr.skip(), gr.skip()
+    except Exception as exc:
+        yield (fmt.progress_html(None, f"failed: {exc} — annotations and earlier rounds are kept",
+                                 "failed"), loss_frame(curve), gr.skip(), gr.skip())
+        raise
+    finally:
+        run.close()  # a closed page stops the engine cleanly and still saves its model
+    if record is None:
+        text, state = "Stopped before the first step: nothing changed", "stopped"
+    elif record.cancelled:
+        text, state = (f"Stopped at step {record.steps}: saved as round {record.index} "
+                       "(earlier rounds kept)", "stopped")
+    else:
+        text, state = (f"Done: round {record.index}, {record.steps} steps in "
+                       f"{record.seconds:.0f} s, loss {record.final_loss:.4f} — now Predict", "done")
+    yield fmt.progress_html(1.0 if state == "done" else None, text, state), loss_frame(curve), \
+        *rounds_outputs(ws)
+
+
+@friendly
+def rollback(ws: Workspace | None, index: int | None) -> tuple:
+    """Make a round active again (its model and annotations). Outputs: rounds outputs +
+    canvas outputs."""
+    ws = require(ws)
+    if index is None:
+        raise ValueError("choose a round first")
+    view = ws.rollback(int(index))
+    return (*rounds_outputs(ws), *canvas_outputs(view))
+
+
+@friendly
+def refresh_rounds(ws: Workspace | None) -> tuple:
+    return rounds_outputs(require(ws))

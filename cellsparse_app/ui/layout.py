@@ -1,0 +1,255 @@
+"""The Gradio Blocks of the web app: components and event wiring, nothing else.
+
+Steps: images (sidebar) -> ① Annotate -> ② Train -> ③ Predict & compare -> ④ Export. Per-user
+state is one :class:`~cellsparse_app.workspace.Workspace` in ``gr.State`` (created when the page
+loads, deleted with the session). Trainings and predictions share the ``"gpu"`` concurrency
+group; SAM requests have their own, so clicks stay fast while someone trains.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import pandas as pd
+
+from cellsparse_app.hitl import EXPORT_FORMATS, describe_device, family_choices
+from cellsparse_app.ui import formatting as fmt
+from cellsparse_app.ui import handlers_annotate as ann
+from cellsparse_app.ui import handlers_images as img
+from cellsparse_app.ui import handlers_results as res
+from cellsparse_app.ui import handlers_train as trn
+from cellsparse_app.ui.context import AppContext
+from cellsparse_app.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
+
+logger = logging.getLogger(__name__)
+
+CLICK_CHOICES = [
+    ("➕ Cell point (SAM)", POSITIVE), ("➖ Exclude point", NEGATIVE),
+    ("▭ Box around a cell (2 clicks)", BOX), ("▦ Background box (2 clicks)", BACKGROUND_BOX),
+    ("☝ Select object", SELECT),
+]
+HELP = {
+    "annotate": "Click a cell: SAM proposes its mask (yellow). **Accept as Foreground**, or refine "
+                "with more points. Mark **Background** with boxes, SAM masks or the brush. "
+                "Unmarked pixels stay *unlabelled* and are ignored by training: a handful of "
+                "cells plus some background is enough.",
+    "train": "Trains a network from scratch on your sparse annotations of all images. "
+             "Stop keeps the model trained so far; every run is kept as a round.",
+    "predict": "Segment with the active round's model. Slide to compare with the input; "
+               "switch the right side to see errors or what changed since the previous round. "
+               "Then **Correct**: accept good predicted cells, delete bad ones, retrain.",
+    "export": "Download masks for napari/Fiji (label TIFF), QuPath (GeoJSON), ImageJ (ROI zip), "
+              "COCO or a CSV of measurements; the model as a zip for `cellsparse predict`; or the "
+              "whole project to continue later.",
+}
+
+
+def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
+    """The cellsparse web app (launch it with ``ui.style.launch_options()``)."""
+    ctx = ctx or AppContext()
+    s = ctx.settings
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": s.gpu_slots}
+    sam = {"concurrency_id": "sam", "concurrency_limit": s.sam_slots}
+    with gr.Blocks(title="cellsparse — sparse-annotation cell segmentation",
+                   delete_cache=(3600, 7200)) as demo:
+        state = gr.State(None, delete_callback=AppContext.close_workspace)
+        with gr.Row(elem_classes="cs-header"):
+            gr.HTML("<h1>🔬 cellsparse</h1><span class='cs-tagline'>a cell-segmentation model "
+                    "for your images, from a handful of clicks</span>")
+        sam_md = gr.Markdown("**Segment Anything:** loading…", elem_id="cs-sam-status")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=250):
+                gr.Markdown("### Images")
+                files = gr.File(label="Upload PNG / JPEG / TIFF (8/16-bit, multichannel)",
+                                file_count="multiple", type="filepath", height=120,
+                                file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff"],
+                                elem_id="cs-upload")
+                example_btn = gr.Button("Load example: nuclei (CC0)", size="sm",
+                                        elem_id="cs-example")
+                image_dd = gr.Dropdown(label="Current image", choices=[], interactive=True,
+                                       elem_id="cs-image")
+                image_info = gr.Markdown("No image yet.", elem_id="cs-image-info")
+                with gr.Accordion("Channels & contrast", open=False):
+                    channels = gr.CheckboxGroup(label="Channels", choices=[], visible=False)
+                    low = gr.Slider(0, 20, value=1.0, step=0.1, label="Black point (percentile)")
+                    high = gr.Slider(80, 100, value=99.8, step=0.1,
+                                     label="White point (percentile)")
+                    apply_btn = gr.Button("Apply (display, SAM and training)", size="sm")
+                remove_btn = gr.Button("Remove this image", size="sm", variant="secondary")
+            with gr.Column(scale=4):
+                with gr.Tabs(elem_id="cs-tabs") as tabs:
+                    with gr.Tab("① Annotate", id=img.ANNOTATE_TAB, elem_id="cs-tab-annotate"):
+                        gr.Markdown(HELP["annotate"], elem_classes="cs-step-help")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=3):
+                                canvas = gr.Image(
+                                    label="Annotation", interactive=False, format="png",
+                                    show_label=False, elem_id="canvas", height=600,
+                                    buttons=["fullscreen", "download"],
+                                    placeholder="Upload an image or load the example (left)",
+                                )
+                                gr.HTML(fmt.LEGEND_HTML)
+                            with gr.Column(scale=2, min_width=280):
+                                mode = gr.Radio(CLICK_CHOICES, value=POSITIVE,
+                                                label="Click on the image to…", elem_id="cs-mode")
+                                with gr.Row():
+                                    fg_btn = gr.Button("Accept as Foreground", variant="primary",
+                                                       elem_id="cs-accept-fg")
+                                    bg_btn = gr.Button("Mark as Background", elem_id="cs-accept-bg")
+                                with gr.Row():
+                                    clear_btn = gr.Button("Clear prompts", size="sm")
+                                    undo_btn = gr.Button("↶ Undo", size="sm", elem_id="cs-undo")
+                                    delete_btn = gr.Button("Delete selected", size="sm",
+                                                           variant="stop", elem_id="cs-delete")
+                                status = gr.Markdown("", elem_id="cs-status")
+                                summary = gr.Markdown("", elem_id="cs-summary")
+                                with gr.Accordion("More: automatic masks, predictions", open=False):
+                                    auto_btn = gr.Button("Segment everything (SAM auto masks)",
+                                                         size="sm")
+                                    auto_all_btn = gr.Button("Accept all candidates", size="sm")
+                                    pred_all_btn = gr.Button("Accept all predicted objects",
+                                                             size="sm")
+                                    show_pred = gr.Checkbox(True, label="Show prediction outlines")
+                                with gr.Accordion("Paint Background with a brush", open=False) \
+                                        as brush_acc:
+                                    editor = gr.ImageEditor(
+                                        label="Paint, then apply", type="numpy", height=420,
+                                        brush=gr.Brush(colors=["#286eff"], color_mode="fixed"),
+                                        layers=False, transforms=(), sources=(),
+                                    )
+                                    with gr.Row():
+                                        paint_bg_btn = gr.Button("Painted → Background", size="sm")
+                                        paint_erase_btn = gr.Button("Painted → unlabelled",
+                                                                    size="sm")
+                                cells = gr.Dataframe(headers=fmt.CELL_COLUMNS, label="Annotated "
+                                                     "cells (click a row to select)",
+                                                     interactive=False, max_height=220,
+                                                     elem_id="cs-cells")
+                    with gr.Tab("② Train", id="train", elem_id="cs-tab-train"):
+                        gr.Markdown(HELP["train"], elem_classes="cs-step-help")
+                        with gr.Row():
+                            family = gr.Dropdown(family_choices(), value="cellpose",
+                                                 label="Model family", elem_id="cs-family")
+                            start = gr.Radio([("From scratch", trn.SCRATCH),
+                                              ("Continue active round", trn.CONTINUE)],
+                                             value=trn.SCRATCH, label="Start")
+                        with gr.Row():
+                            seconds = gr.Slider(5, s.max_train_seconds, value=120, step=5,
+                                                label="Time budget (s)", elem_id="cs-seconds")
+                            steps = gr.Number(None, label="or exact steps (empty: time budget)",
+                                              precision=0, minimum=1, elem_id="cs-steps")
+                        device_md = gr.Markdown(describe_device(), elem_id="cs-device")
+                        with gr.Row():
+                            train_btn = gr.Button("Train", variant="primary", elem_id="cs-train")
+                            stop_btn = gr.Button("Stop (keep model so far)", variant="stop",
+                                                 interactive=False, elem_id="cs-stop")
+                        progress = gr.HTML(fmt.progress_html(0.0, "not started", "idle"),
+                                           elem_id="cs-progress")
+                        stop_md = gr.Markdown("")
+                        loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step",
+                                                y="loss", title="Training loss", height=260,
+                                                elem_id="cs-loss")
+                        rounds = gr.Dataframe(headers=fmt.ROUND_COLUMNS, label="Rounds",
+                                              interactive=False, elem_id="cs-rounds")
+                        with gr.Row():
+                            round_dd = gr.Dropdown(choices=[], label="Round", scale=2)
+                            rollback_btn = gr.Button("Roll back to this round (model + "
+                                                     "annotations)", scale=1)
+                    with gr.Tab("③ Predict & compare", id="predict", elem_id="cs-tab-predict"):
+                        gr.Markdown(HELP["predict"], elem_classes="cs-step-help")
+                        with gr.Row():
+                            scope = gr.Radio([("This image", "current"), ("All images", "all")],
+                                             value="current", label="Predict")
+                            prob = gr.Number(None, label="Probability threshold (empty: model "
+                                             "default)", minimum=0, maximum=1)
+                            min_size = gr.Number(15, label="Min object size (px)", precision=0,
+                                                 minimum=0)
+                        with gr.Row():
+                            predict_btn = gr.Button("Predict", variant="primary",
+                                                    elem_id="cs-predict")
+                            correct_btn = gr.Button("Correct in Annotate →", elem_id="cs-correct")
+                        right = gr.Radio([("Prediction", res.PREDICTION),
+                                          ("Errors (TP / FP / missed)", res.ERRORS),
+                                          ("Changes since previous round", res.CHANGES)],
+                                         value=res.PREDICTION, label="Right side shows",
+                                         elem_id="cs-right")
+                        slider = gr.ImageSlider(label="Input | result", format="png",
+                                                max_height=640, elem_id="cs-slider")
+                        legend = gr.HTML("")
+                        pred_md = gr.Markdown("", elem_id="cs-pred-summary")
+                        cmp_md = gr.Markdown("", elem_id="cs-compare")
+                    with gr.Tab("④ Export", id="export", elem_id="cs-tab-export"):
+                        gr.Markdown(HELP["export"], elem_classes="cs-step-help")
+                        with gr.Row():
+                            source = gr.Radio([("Prediction", "prediction"),
+                                               ("My annotations", "annotations")],
+                                              value="prediction", label="Export")
+                            ex_scope = gr.Radio([("This image", "current"),
+                                                 ("All images", "all")], value="current",
+                                                label="Images")
+                        formats = gr.CheckboxGroup(
+                            [(label, key) for key, (_, label) in EXPORT_FORMATS.items()],
+                            value=["tiff", "geojson", "imagej", "coco", "csv"], label="Formats",
+                            elem_id="cs-formats")
+                        export_btn = gr.Button("Export masks", variant="primary",
+                                               elem_id="cs-export")
+                        export_files = gr.File(label="Exported files", file_count="multiple",
+                                               interactive=False, elem_id="cs-export-files")
+                        with gr.Row():
+                            model_btn = gr.Button("Download model (.zip)", elem_id="cs-model")
+                            save_btn = gr.Button("Save project (.zip)", elem_id="cs-save")
+                        with gr.Row():
+                            model_file = gr.File(label="Model", interactive=False,
+                                                 elem_id="cs-model-file")
+                            project_file = gr.File(label="Project", interactive=False,
+                                                   elem_id="cs-project-file")
+                        load_file = gr.File(label="Open a saved project (.zip)",
+                                            file_types=[".zip"], type="filepath",
+                                            elem_id="cs-load-project")
+
+        canvas_out = [canvas, status, summary, cells]
+        image_out = [image_dd, image_info, channels, low, high, tabs, *canvas_out]
+        rounds_out = [rounds, round_dd]
+
+        demo.load(lambda: img.start_session(ctx), None, [state, sam_md])
+        warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], **sam)
+        files.upload(img.upload, [state, files], image_out).success(**warm)
+        example_btn.click(img.load_example(ctx), [state], image_out).success(**warm)
+        image_dd.input(img.select_image, [state, image_dd], image_out).success(**warm)
+        apply_btn.click(img.apply_display, [state, channels, low, high], image_out).success(**warm)
+        remove_btn.click(img.remove_image, [state], image_out)
+
+        canvas.select(ann.click, [state, mode], canvas_out, trigger_mode="multiple",
+                      show_progress="hidden", **sam)
+        for button, handler in ((fg_btn, ann.accept_foreground), (bg_btn, ann.accept_background),
+                                (clear_btn, ann.clear_prompts), (undo_btn, ann.undo),
+                                (delete_btn, ann.delete_selected),
+                                (auto_all_btn, ann.accept_all_candidates),
+                                (pred_all_btn, ann.accept_all_predicted)):
+            button.click(handler, [state], canvas_out, show_progress="hidden")
+        auto_btn.click(ann.auto_masks, [state], canvas_out, **sam)
+        show_pred.input(ann.show_prediction, [state, show_pred], canvas_out)
+        cells.select(ann.select_cell_row, [state], canvas_out)
+        brush_acc.expand(ann.load_brush_editor, [state], [editor])
+        paint_bg_btn.click(ann.paint_background, [state, editor], [*canvas_out, editor])
+        paint_erase_btn.click(ann.paint_erase, [state, editor], [*canvas_out, editor])
+
+        train_btn.click(trn.arm, [state], [train_btn, stop_btn, progress]).success(
+            trn.train, [state, family, start, seconds, steps],
+            [progress, loss_plot, *rounds_out], show_progress="hidden", **gpu,
+        ).then(trn.disarm, None, [train_btn, stop_btn])
+        stop_btn.click(trn.stop, [state], [stop_md], concurrency_limit=None)
+        rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out])
+
+        predict_btn.click(res.predict, [state, scope, prob, min_size, right],
+                          [slider, pred_md, legend, cmp_md], **gpu).success(
+            trn.refresh_rounds, [state], rounds_out)
+        right.input(res.show_comparison, [state, right], [slider, legend, cmp_md])
+        correct_btn.click(res.correct, [state], [tabs, mode, show_pred, *canvas_out])
+        export_btn.click(res.export, [state, source, ex_scope, formats], [export_files])
+        model_btn.click(res.export_model, [state], [model_file])
+        save_btn.click(res.save_project, [state], [project_file])
+        load_file.upload(res.load_project, [state, load_file], [*image_out, *rounds_out])
+    demo.queue(default_concurrency_limit=8, max_size=128)
+    return demo

@@ -1,0 +1,457 @@
+"""One user's working session: a :class:`~cellsparse_app.project.Project` plus what is on screen.
+
+The web UI keeps one :class:`Workspace` per browser session (in ``gr.State``); its handlers call
+exactly one method here and format the returned :class:`CanvasView`. The workspace holds the
+transient state of annotating (SAM prompt points and box, the mask preview, the selected object,
+automatic-mask candidates) and forwards training, prediction, comparison and export to
+:mod:`cellsparse_app.hitl`. Nothing here imports a front end.
+
+Coordinates are ``(row, col)``; the UI converts Gradio's ``(x, y)`` before calling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Generator
+
+import numpy as np
+
+from cellsparse_app import hitl, prompting, render
+from cellsparse_app.annotations import AnnotationSummary
+from cellsparse_app.io import ImageConfig, read_image
+from cellsparse_app.project import Project, RoundRecord
+
+logger = logging.getLogger(__name__)
+
+POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT = "positive", "negative", "box", "bg_box", "select"
+CLICK_MODES = (POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT)
+
+
+@dataclasses.dataclass
+class Prompts:
+    """SAM prompts on the current image and the mask they produced."""
+
+    points: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+    box_start: tuple[int, int] | None = None
+    box: tuple[int, int, int, int] | None = None
+    preview: np.ndarray | None = None
+    score: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasView:
+    """Everything the annotation canvas shows.
+
+    Attributes:
+        image: ``uint8 (H, W, 3)`` overlay (see :mod:`cellsparse_app.render`).
+        summary: counts of the current image's annotation.
+        message: what just happened, for the status line.
+        has_preview: a SAM mask is waiting to be accepted.
+        selected: ``(kind, id)`` of the selected object (kind: cell, prediction, candidate).
+        can_undo: the annotation has something to undo.
+        objects: one row per annotated cell (id, area, centroid).
+        totals: project-wide counts (cells, background px, annotated images).
+    """
+
+    image: np.ndarray
+    summary: AnnotationSummary
+    message: str
+    has_preview: bool
+    selected: tuple[str, int] | None
+    can_undo: bool
+    objects: list[dict[str, int]]
+    totals: dict[str, int]
+
+
+class Workspace:
+    """A user's project and annotation state; see the module docstring.
+
+    Args:
+        directory: folder of this session's project (created lazily on first use).
+        sam: returns the shared ``SamAnnotator`` (called lazily: loading SAM costs seconds).
+    """
+
+    def __init__(self, directory: str | Path, sam: Callable[[], Any] | None = None) -> None:
+        self.directory = Path(directory)
+        self._sam = sam
+        self._project: Project | None = None
+        self._lock = threading.RLock()
+        self.current: str | None = None
+        self.prompts = Prompts()
+        self.candidates: np.ndarray | None = None
+        self.selected: tuple[str, int] | None = None
+        self.show_prediction = True
+        self.cancel = threading.Event()
+        self._display_key: tuple | None = None
+        self._display: np.ndarray | None = None
+        self._model_cache: tuple[tuple, Any] | None = None
+
+    @classmethod
+    def create(cls, root: str | Path, sam: Callable[[], Any] | None = None) -> "Workspace":
+        """A workspace in a fresh private folder under ``root``."""
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return cls(tempfile.mkdtemp(prefix="session-", dir=root), sam)
+
+    @property
+    def project(self) -> Project:
+        with self._lock:
+            if self._project is None:
+                self._project = Project(self.directory / "project")
+            return self._project
+
+    def close(self) -> None:
+        """Delete the session folder (the user closed the page)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- images --------------------------------------------------------------------------------
+    def add_images(self, sources: list[str | Path], names: list[str] | None = None) -> str:
+        """Read image files into the project; the first becomes current. Returns its id."""
+        if not sources:
+            raise ValueError("no file given: choose a PNG, JPEG or TIFF image")
+        ids = []
+        for i, source in enumerate(sources):
+            name = names[i] if names else Path(source).name
+            ids.append(self.project.add_image(read_image(source, name=name), name))
+        self.select_image(ids[0])
+        return ids[0]
+
+    def add_example(self, image_path: Path, truth_path: Path | None = None) -> str:
+        """Add the bundled example (with its ground truth for AP display)."""
+        from cellsparse_app.io import read_labels
+
+        truth = read_labels(truth_path) if truth_path is not None else None
+        image_id = self.project.add_image(read_image(image_path), image_path.name, truth=truth)
+        self.select_image(image_id)
+        return image_id
+
+    def select_image(self, image_id: str) -> CanvasView:
+        """Make ``image_id`` current (clears prompts and candidates)."""
+        self.project.record(image_id)
+        with self._lock:
+            self.current = image_id
+            self._reset_prompts()
+            self.candidates = None
+        return self.view(f"Showing {self.project.record(image_id).name}")
+
+    def remove_current(self) -> str | None:
+        """Drop the current image from the project; returns the new current id (or None)."""
+        image_id = self._require_image()
+        self.project.remove_image(image_id)
+        remaining = [r.id for r in self.project.images]
+        self.current = remaining[0] if remaining else None
+        self._reset_prompts()
+        return self.current
+
+    def set_display(self, config: ImageConfig) -> CanvasView:
+        """Channels and contrast for display and training (checked against all images)."""
+        self.project.set_image_config(config)
+        return self.view("Display updated")
+
+    def display(self) -> np.ndarray:
+        """Contrast-stretched RGB of the current image (cached; also what SAM sees)."""
+        image_id = self._require_image()
+        key = (image_id, self.project.image_config)
+        with self._lock:
+            if self._display_key != key:
+                self._display = render.to_display(self.project.image(image_id), key[1])
+                self._display_key = key
+            return self._display  # type: ignore[return-value]
+
+    def prepare_sam(self) -> str:
+        """Compute the SAM embedding of the current image now, so that clicks answer at once."""
+        return prompting.prepare(self._annotator(), self.display())
+
+    # -- annotating ----------------------------------------------------------------------------
+    def click(self, row: int, col: int, mode: str) -> CanvasView:
+        """Handle a click on the canvas in one of :data:`CLICK_MODES`."""
+        image_id = self._require_image()
+        h, w = self.project.record(image_id).shape[:2]
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"click (row={row}, col={col}) is outside the {h}x{w} image")
+        if mode not in CLICK_MODES:
+            raise ValueError(f"unknown click mode {mode!r}; use one of {CLICK_MODES}")
+        with self._lock:
+            if mode == SELECT:
+                return self._select_at(row, col)
+            if mode == BACKGROUND_BOX:
+                return self._background_corner(row, col)
+            p = self.prompts
+            if mode == BOX:
+                if p.box_start is None or p.box is not None:
+                    p.box_start, p.box = (row, col), None
+                    return self.view("Box: now click the opposite corner")
+                p.box = (*p.box_start, row, col)
+                p.box_start = None
+            else:
+                p.points.append((row, col))
+                p.labels.append(1 if mode == POSITIVE else 0)
+            self.selected = None
+            mask, score, model = prompting.segment(self._annotator(), self.display(), p.points,
+                                                   p.labels, p.box)
+            p.preview, p.score = mask, score
+            area = int(mask.sum())
+            note = f"SAM ({model}) mask: {area} px" + (f", score {score:.2f}" if score else "")
+            if area == 0:
+                note = "SAM found no object there: try another point or a box"
+            return self.view(note + " · Accept as Foreground or Background, or refine")
+
+    def accept_foreground(self) -> CanvasView:
+        """Add the SAM preview (or the selected predicted/candidate object) as a cell."""
+        image_id = self._require_image()
+        with self._lock:
+            mask = self._pending_mask("Foreground")
+            new_id = self.project.editor(image_id).add_foreground(mask)
+            self.project.edited(image_id)
+            self._reset_prompts()
+            return self.view(f"Added cell {new_id}")
+
+    def accept_background(self) -> CanvasView:
+        """Mark the SAM preview (or selected object's area) as Background."""
+        image_id = self._require_image()
+        with self._lock:
+            n = self.project.editor(image_id).add_background(self._pending_mask("Background"))
+            self.project.edited(image_id)
+            self._reset_prompts()
+            return self.view(f"Marked {n} px as Background")
+
+    def paint(self, layers: list[np.ndarray] | np.ndarray, kind: str) -> CanvasView:
+        """Apply brush strokes (a boolean mask, or RGBA layers whose painted pixels count):
+        ``kind`` "background" or "erase" (back to unlabelled)."""
+        image_id = self._require_image()
+        mask = render.painted_mask(layers, self.project.record(image_id).shape)
+        if not mask.any():
+            raise ValueError("nothing painted: paint over the image with the brush first")
+        with self._lock:
+            editor = self.project.editor(image_id)
+            if kind == "background":
+                n, what = editor.add_background(mask), "Background"
+            elif kind == "erase":
+                n, what = editor.unlabel(mask), "unlabelled"
+            else:
+                raise ValueError(f"unknown paint kind {kind!r} (background or erase)")
+            self.project.edited(image_id)
+            return self.view(f"{n} px marked {what}")
+
+    def delete_selected(self) -> CanvasView:
+        """Delete the selected annotated cell."""
+        image_id = self._require_image()
+        with self._lock:
+            if not self.selected or self.selected[0] != "cell":
+                raise ValueError("select an annotated cell first (Select mode, click the cell)")
+            self.project.editor(image_id).delete_objects([self.selected[1]])
+            self.project.edited(image_id)
+            deleted, self.selected = self.selected[1], None
+            return self.view(f"Deleted cell {deleted}")
+
+    def accept_all(self, source: str) -> CanvasView:
+        """Accept every predicted object (``source="prediction"``) or automatic-mask candidate."""
+        image_id = self._require_image()
+        with self._lock:
+            objects = self._objects(source)
+            if objects is None:
+                raise ValueError(f"no {source} objects on this image yet")
+            added = self.project.editor(image_id).accept_objects(objects)
+            self.project.edited(image_id)
+            if source == "candidates":
+                self.candidates = None
+            return self.view(f"Accepted {len(added)} object(s) as Foreground")
+
+    def auto_masks(self) -> CanvasView:
+        """SAM automatic mask generation: candidates to pick from (Select mode) or accept."""
+        with self._lock:
+            self.candidates = prompting.auto_masks(self._annotator(), self.display())
+            n = int(len(np.unique(self.candidates)) - 1)
+            return self.view(f"{n} candidate masks (magenta): select one and Accept, or accept all")
+
+    def undo(self) -> CanvasView:
+        """Undo the last annotation change of the current image."""
+        image_id = self._require_image()
+        with self._lock:
+            done = self.project.editor(image_id).undo()
+            self.project.edited(image_id)
+            self.selected = None
+            return self.view("Undone" if done else "Nothing to undo")
+
+    def select_cell(self, cell: int) -> CanvasView:
+        """Select an annotated cell by id (e.g. from the list of cells)."""
+        image_id = self._require_image()
+        with self._lock:
+            if cell not in {o["id"] for o in self.project.editor(image_id).objects()}:
+                raise ValueError(f"no annotated cell {cell} on this image")
+            self._reset_prompts()
+            self.selected = ("cell", int(cell))
+            return self.view(f"Selected cell {cell}: Delete it, or keep it")
+
+    def set_show_prediction(self, show: bool) -> CanvasView:
+        with self._lock:
+            self.show_prediction = bool(show)
+            return self.view("Prediction outlines shown" if show else "Prediction outlines hidden")
+
+    def clear_prompts(self) -> CanvasView:
+        with self._lock:
+            self._reset_prompts()
+            return self.view("Prompts cleared")
+
+    def view(self, message: str = "") -> CanvasView:
+        """Render the canvas of the current image."""
+        image_id = self._require_image()
+        with self._lock:
+            editor = self.project.editor(image_id)
+            labels = editor.labels
+            p = self.prompts
+            prediction = self.project.prediction(image_id) if self.show_prediction else None
+            selected = None
+            if self.selected:
+                objects = labels if self.selected[0] == "cell" else self._objects(self.selected[0])
+                selected = None if objects is None else objects == self.selected[1]
+            image = render.annotation_overlay(
+                self.display(), labels, preview=p.preview, points=p.points, point_labels=p.labels,
+                box=p.box, box_start=p.box_start, prediction=prediction,
+                candidates=self.candidates, selected=selected,
+            )
+            return CanvasView(image, editor.summary(), message, p.preview is not None,
+                              self.selected, editor.can_undo, editor.objects(),
+                              self.project.totals())
+
+    # -- rounds --------------------------------------------------------------------------------
+    def arm_training(self) -> None:
+        """Forget earlier stop requests; call when the user asks for a training run (a stop
+        pressed while the run still waits in the queue then cancels it before it starts)."""
+        self.cancel.clear()
+
+    def request_stop(self) -> None:
+        """Ask the running (or queued) training to stop after its current step."""
+        self.cancel.set()
+
+    def train(
+        self, cfg: Any, *, continue_training: bool = False
+    ) -> Generator[Any, None, RoundRecord | None]:
+        """Train a round on every annotated image; yields notices and progress, returns the
+        round (None if stopped before the first step). See :func:`hitl.train_round`."""
+        return (yield from hitl.train_round(self.project, cfg, continue_training=continue_training,
+                                            should_stop=self.cancel.is_set))
+
+    def predict(
+        self, scope: str = "current", cfg: Any = None, progress=None
+    ) -> tuple[list[hitl.Prediction], hitl.Comparison]:
+        """Predict the current image (``scope="current"``) or all images with the active model;
+        returns the predictions and the comparison of the current image."""
+        ids = [r.id for r in self.project.images] if scope == "all" else [self._require_image()]
+        predictions = hitl.predict_images(self.project, ids, cfg, cache=self._cached_model,
+                                          progress=progress)
+        return predictions, self.compare()
+
+    def compare(self) -> hitl.Comparison:
+        """Prediction vs input, errors vs annotations/ground truth, changes vs previous round."""
+        return hitl.compare(self.project, self._require_image(), self.display())
+
+    def rollback(self, index: int) -> CanvasView:
+        """Return to round ``index`` (model + annotations)."""
+        with self._lock:
+            self.project.rollback(index)
+            self._reset_prompts()
+            return self.view(f"Rolled back to round {index}")
+
+    def export(self, source: str, scope: str, formats: list[str], dest: str | Path) -> list[Path]:
+        """Write annotation or prediction exports; see :func:`hitl.export_files`."""
+        ids = [r.id for r in self.project.images] if scope == "all" else [self._require_image()]
+        return hitl.export_files(self.project, ids, source, formats, Path(dest))
+
+    def export_model(self, dest: str | Path) -> Path:
+        return hitl.export_model(self.project, Path(dest))
+
+    def save_project(self, dest: str | Path) -> Path:
+        return self.project.save_zip(dest)
+
+    def load_project(self, source: str | Path | bytes) -> str | None:
+        """Replace this session's project by a saved one; returns the new current image id."""
+        with self._lock:
+            target = Path(tempfile.mkdtemp(prefix="project-", dir=self.directory))
+            try:
+                project = Project.load_zip(source, target)
+            except Exception:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            old, self._project = self._project, project
+            if old is not None:
+                shutil.rmtree(old.directory, ignore_errors=True)
+            self.current = project.images[0].id if project.images else None
+            self._reset_prompts()
+            self._model_cache = None
+            return self.current
+
+    # -- internals -----------------------------------------------------------------------------
+    def _annotator(self) -> Any:
+        if self._sam is None:
+            raise RuntimeError("no SAM engine configured for this workspace")
+        return self._sam()
+
+    def _cached_model(self, key: tuple, load: Callable[[], Any]) -> Any:
+        # One loaded model per session: predicting again with the same round costs nothing.
+        if self._model_cache is None or self._model_cache[0] != key:
+            self._model_cache = (key, load())
+        return self._model_cache[1]
+
+    def _require_image(self) -> str:
+        if self.current is None:
+            raise RuntimeError("no image yet: upload an image or load the example first")
+        return self.current
+
+    def _reset_prompts(self) -> None:
+        self.prompts = Prompts()
+        self.selected = None
+
+    def _objects(self, kind: str) -> np.ndarray | None:
+        if kind == "candidate" or kind == "candidates":
+            return self.candidates
+        if kind == "prediction":
+            return self.project.prediction(self._require_image())
+        raise ValueError(f"unknown object source {kind!r}")
+
+    def _pending_mask(self, what: str) -> np.ndarray:
+        p = self.prompts
+        if p.preview is not None and p.preview.any():
+            return p.preview
+        if self.selected and self.selected[0] in ("prediction", "candidate"):
+            objects = self._objects(self.selected[0])
+            if objects is not None:
+                return objects == self.selected[1]
+        raise ValueError(
+            f"nothing to mark as {what}: click a cell to get a SAM mask, or select a predicted "
+            "object first"
+        )
+
+    def _select_at(self, row: int, col: int) -> CanvasView:
+        image_id = self._require_image()
+        cell = self.project.editor(image_id).object_at(row, col)
+        self._reset_prompts()
+        if cell > 0:
+            self.selected = ("cell", cell)
+            return self.view(f"Selected cell {cell}: Delete it, or keep it")
+        for kind in ("candidate", "prediction"):
+            objects = self._objects(kind)
+            if objects is not None and objects[row, col] > 0:
+                self.selected = (kind, int(objects[row, col]))
+                return self.view(f"Selected {kind} object: Accept as Foreground?")
+        what = {0: "Background", -1: "unlabelled"}[cell]
+        return self.view(f"Nothing to select here ({what} pixel)")
+
+    def _background_corner(self, row: int, col: int) -> CanvasView:
+        p = self.prompts
+        if p.box_start is None:
+            self._reset_prompts()
+            self.prompts.box_start = (row, col)
+            return self.view("Background box: now click the opposite corner")
+        box = (*p.box_start, row, col)
+        image_id = self._require_image()
+        mask = render.box_mask(self.project.record(image_id).shape, box)
+        n = self.project.editor(image_id).add_background(mask)
+        self.project.edited(image_id)
+        self._reset_prompts()
+        return self.view(f"Marked {n} px as Background (cells inside are kept)")

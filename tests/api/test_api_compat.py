@@ -1,0 +1,171 @@
+"""The request shapes of qupath-extension-cellsparse / cellsparse-api and qupath-extension-sam /
+samapi, replayed in-process (TestClient) and against a real ``cellsparse serve`` (httpx)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from api_helpers import b64png, b64tiff, gray, sparse_wire_labels
+
+TRAIN = {"epochs": 1, "batchsize": 4, "steps": 400, "trainpatch": 128, "lr": 0.001,
+         "max_seconds": 20}
+
+
+def _check_features(features, shape, sam=False):
+    assert isinstance(features, list)
+    h, w = shape[:2]
+    for i, f in enumerate(features):
+        assert f["type"] == "Feature" and f["geometry"]["type"] == "Polygon"
+        props = f["properties"]
+        assert props["label"] == "object"
+        if sam:
+            assert set(props) == {"object_idx", "label", "quality", "sam_model"}
+            assert props["object_idx"] == i - 1  # samapi numbering
+            assert math.isfinite(props["quality"])
+        else:
+            assert props["object_idx"] == i
+        rings = f["geometry"]["coordinates"]
+        if rings:
+            ring = np.asarray(rings[0], dtype=float)
+            assert ring.ndim == 2 and ring.shape[1] == 2 and len(ring) >= 4
+            assert ring[:, 0].min() >= 0 and ring[:, 0].max() <= w
+            assert ring[:, 1].min() >= 0 and ring[:, 1].max() <= h
+
+
+@pytest.mark.parametrize("encode", [b64png, b64tiff], ids=["png", "tiff"])
+def test_cellpose_train_eval_reset_round_trip(target, real_sample, encode, request):
+    client, root = target
+    name = f"rt-{request.node.callspec.id}".replace("[", "-").replace("]", "")
+    image = gray(real_sample.image).astype(np.uint8)
+    wire = sparse_wire_labels(real_sample.mask, fraction=0.3)
+    # qupath-extension-cellsparse, older client: one image + label, train and eval
+    body = {"modelname": name, "b64img": encode(image), "b64lbl": encode(wire), "train": True,
+            "eval": True, "chan1": 0, "chan2": 0, "simplify_tol": 0, "minarea": 10.0,
+            "unknown_future_field": 1, **TRAIN}
+    r = client.post("/cellpose/", json=body)
+    assert r.status_code == 200, r.text[:500]
+    features = r.json()
+    _check_features(features, image.shape)
+    assert len(features) > 0, "a 20 s training on a real image should find some nuclei"
+    # newer client's inference body: no label, no train flag
+    infer = {"modelname": name, "b64img": encode(image), "eval": True, "minarea": 10.0,
+             "simplify_tol": 0.0, "chan1": 0, "chan2": 0}
+    again = client.post("/cellpose/", json=infer)
+    assert again.status_code == 200
+    assert len(again.json()) == len(features)  # the stored model predicts deterministically
+    # AP of the same model on the full human annotation, through our own metrics route
+    m = client.post("/api/v1/metrics", json={"truth": b64png(real_sample.mask.astype(np.uint16)),
+                                             "image": b64png(image), "model_name": name})
+    assert m.status_code == 200
+    assert m.json()["n_pred"] == len(features)
+    assert m.json()["ap50"] > 0.1
+    assert (root / "data" / "models" / "cellpose" / name / "config.json").is_file()
+    # reset -> fresh model: eval now 404, files gone
+    reset = client.post("/cellpose/reset/", json={"modelname": name, "pretrained": None})
+    assert reset.status_code == 200 and reset.json() == ""
+    assert client.post("/cellpose/", json=infer).status_code == 404
+    assert not (root / "data" / "models" / "cellpose" / name).exists()
+
+
+def test_newer_client_multi_image_train_body(target, real_sample):
+    client, _ = target
+    image = gray(real_sample.image).astype(np.uint8)
+    halves = [image[:, :128], image[:, 128:]]
+    masks = [real_sample.mask[:, :128], real_sample.mask[:, 128:]]
+    body = {"modelname": "multi", "b64imgs": [b64png(h) for h in halves],
+            "b64lbls": [b64png(sparse_wire_labels(m, 0.5)) for m in masks], "train": True,
+            "eval": False, **{**TRAIN, "max_seconds": 3}}
+    r = client.post("/cellpose/", json=body)
+    assert r.status_code == 200 and r.json() == []
+    assert client.post("/cellpose/reset/", json={"modelname": "multi"}).status_code == 200
+
+
+def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
+    client, root = target
+    image = gray(real_sample.image).astype(np.uint8)
+    body = {"family": "cellpose", "model_name": "jobs", "images": [b64png(image)],
+            "labels": [b64png(sparse_wire_labels(real_sample.mask))], "max_seconds": 60,
+            "resume": False}
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.time() + 60
+    snap = r.json()
+    while snap["step"] < 3 and time.time() < deadline:
+        time.sleep(0.3)
+        snap = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert snap["state"] == "running" and snap["step"] >= 3
+    assert len(snap["history"]) >= 1 and all(math.isfinite(h["loss"]) for h in snap["history"])
+    assert any(j["id"] == job_id for j in client.get("/api/v1/jobs").json())
+    cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200
+    while client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running":
+        time.sleep(0.2)
+    final = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert final["state"] == "cancelled" and final["model_saved"] is False
+    assert not (root / "data" / "models" / "cellpose" / "jobs").exists()
+
+
+@pytest.mark.parametrize("sam_type", ["fallback", "vit_t"])
+def test_sam_prompts(target, real_sample, sam_type):
+    client, _ = target
+    image = gray(real_sample.image).astype(np.uint8)[:128, :128]
+    rgb = np.stack([image] * 3, -1)
+    ys, xs = np.nonzero(real_sample.mask[:128, :128] > 0)
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    # qupath-extension-sam point prompt: background first, then foreground, ints
+    body = {"type": sam_type, "bbox": None, "b64img": b64png(rgb), "b64mask": None,
+            "point_coords": [[2, 2], [x, y]], "point_labels": [0, 1], "multimask_output": False,
+            "checkpoint_url": None}
+    r = client.post("/sam/", json=body)
+    assert r.status_code == 200, r.text[:500]
+    feats = r.json()
+    assert len(feats) == 1
+    _check_features(feats, rgb.shape, sam=True)
+    assert feats[0]["properties"]["sam_model"].startswith(sam_type)
+    # box prompt with multimask output
+    box = {"type": sam_type, "b64img": b64png(rgb), "bbox": [x - 10, y - 10, x + 10, y + 10],
+           "multimask_output": True}
+    r = client.post("/sam/", json=box)
+    assert r.status_code == 200, r.text[:500]
+    _check_features(r.json(), rgb.shape, sam=True)
+    assert len(r.json()) >= 1
+    # 16-bit gray input is accepted
+    r = client.post("/sam/", json={**body, "b64img": b64png(image.astype(np.uint16) * 200)})
+    assert r.status_code == 200, r.text[:500]
+
+
+@pytest.mark.parametrize("sam_type", ["fallback", "vit_t"])
+def test_sam_automask(target, real_sample, sam_type):
+    client, _ = target
+    image = gray(real_sample.image).astype(np.uint8)[:128, :128]
+    body = {"type": sam_type, "b64img": b64png(np.stack([image] * 3, -1)), "points_per_side": 8,
+            "points_per_batch": 64, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+            "stability_score_offset": 1.0, "box_nms_thresh": 0.2, "crop_n_layers": 0,
+            "crop_nms_thresh": 0.7, "crop_overlap_ratio": 512 / 1500,
+            "crop_n_points_downscale_factor": 1, "min_mask_region_area": 0,
+            "output_type": "Multi-mask (smallest)", "include_image_edge": False}
+    r = client.post("/sam/automask/", json=body)
+    assert r.status_code == 200, r.text[:500]
+    _check_features(r.json(), image.shape, sam=True)
+    if sam_type == "fallback":
+        assert len(r.json()) > 0
+
+
+def test_sam_version_weights_progress_cancel(target):
+    client, _ = target
+    version = client.get("/sam/version/")
+    assert version.status_code == 200 and version.headers["content-type"].startswith("text/plain")
+    assert version.text.split(".")[0].isdigit()
+    weights = client.get("/sam/weights/", params={"type": "vit_t"})
+    assert weights.status_code == 200
+    listed = weights.json()
+    assert isinstance(listed, list) and listed
+    assert all(set(w) >= {"type", "name", "url"} and w["type"] == "vit_t" for w in listed)
+    progress = client.get("/sam/progress/")
+    assert progress.status_code == 200 and set(progress.json()) == {"message", "percent"}
+    cancel = client.get("/sam/weights/cancel/")
+    assert cancel.status_code == 200 and cancel.text == "Cancel signal sent"

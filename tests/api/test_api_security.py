@@ -1,0 +1,115 @@
+"""Settings, API token, body size cap, OpenAPI coverage and the error-mapping helper."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
+
+from cellsparse_app.api import ServerSettings, create_app
+from cellsparse_app.api.errors import PayloadTooLarge, to_http
+from cellsparse_app.jobs import QueueFullError
+
+TOKEN = "s3cret-token-123"
+
+
+@pytest.fixture
+def secured(tmp_path):
+    settings = ServerSettings(data_dir=tmp_path, token=TOKEN, mount_ui=False, max_body_bytes=1000)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_settings_defaults_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSPARSE_API_TOKEN", TOKEN)
+    monkeypatch.setenv("CELLSPARSE_MAX_BODY_MB", "2")
+    monkeypatch.setenv("CELLSPARSE_HOME", str(tmp_path / "home"))
+    s = ServerSettings.from_env(port=9000)
+    assert s.host == "127.0.0.1" and s.is_loopback
+    assert s.token == TOKEN and s.max_body_bytes == 2 * 2**20 and s.port == 9000
+    assert s.data_dir == (tmp_path / "home").resolve()
+    assert not s.replace(host="0.0.0.0").is_loopback
+    with pytest.raises(ValueError, match="8 characters"):
+        ServerSettings(data_dir=tmp_path, token="short")
+    with pytest.raises(ValueError, match="port"):
+        ServerSettings(data_dir=tmp_path, port=70000)
+
+
+@pytest.mark.parametrize(
+    "headers, path, status",
+    [
+        ({}, "/sam/version/", 401),
+        ({"Authorization": "Bearer wrong-token-xyz"}, "/sam/version/", 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, "/sam/version/", 200),
+        ({"X-API-Token": TOKEN}, "/sam/version/", 200),
+        ({}, f"/t/{TOKEN}/sam/version/", 200),
+        ({}, "/t/wrong-token-xyz/sam/version/", 401),
+        ({}, "/api/v1/health", 200),  # liveness stays open
+        ({}, "/openapi.json", 401),
+        ({}, f"/sam/version/?token={TOKEN}", 200),
+    ],
+)
+def test_token(secured, headers, path, status):
+    response = secured.get(path, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 401:
+        assert "API token" in response.json()["detail"]
+
+
+def test_query_token_sets_cookie_for_browsers(secured):
+    response = secured.get(f"/api/v1/jobs?token={TOKEN}")
+    assert response.status_code == 200
+    assert "cellsparse_token" in response.headers["set-cookie"]
+    assert secured.get("/api/v1/jobs").status_code == 200  # cookie remembered by the client
+
+
+def test_body_cap_checked_after_token(secured):
+    big = b"{" + b" " * 2000 + b"}"
+    headers = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    assert secured.post("/cellpose/", content=big, headers={"content-type": "application/json"}
+                        ).status_code == 401
+    response = secured.post("/cellpose/", content=big, headers=headers)
+    assert response.status_code == 413 and "1000 bytes" in response.json()["detail"]
+
+
+def test_chunked_body_over_cap_is_refused(secured):
+    def chunks():
+        for _ in range(10):
+            yield b" " * 500
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
+    response = secured.post("/cellpose/", content=chunks(), headers=headers)
+    assert response.status_code == 413
+
+
+def test_openapi_documents_every_route(tmp_path):
+    app = create_app(ServerSettings(data_dir=tmp_path, mount_ui=False))
+    paths = app.openapi()["paths"]
+    routes = {r.path for r in app.routes if getattr(r, "include_in_schema", False)}
+    assert routes <= set(paths)
+    for path in ["/cellpose/", "/cellpose/reset/", "/stardist/", "/elephant/", "/sam/",
+                 "/sam/automask/", "/sam/version/", "/sam/weights/", "/sam/progress/",
+                 "/sam/weights/cancel/", "/api/v1/jobs", "/api/v1/jobs/{job_id}/cancel",
+                 "/api/v1/predict", "/api/v1/metrics", "/api/v1/models/{family}/{name}/download",
+                 "/api/v1/health"]:
+        assert path in paths, path
+        for op in paths[path].values():
+            assert op.get("summary"), (path, op)
+    assert set(paths["/sam/weights/"]) == {"get", "post"}
+
+
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (ValueError("bad"), 400), (TypeError("bad"), 400), (FileNotFoundError("gone"), 404),
+        (KeyError("no job"), 404), (QueueFullError("busy"), 429), (PayloadTooLarge("big"), 413),
+        (HTTPException(409, "x"), 409), (RuntimeError("boom"), 500),
+    ],
+)
+def test_error_mapping(exc, status):
+    http = to_http(exc)
+    assert http.status_code == status
+    if status == 500:
+        assert "boom" not in http.detail and "RuntimeError" in http.detail
+    elif isinstance(exc, KeyError):
+        assert http.detail == "no job"

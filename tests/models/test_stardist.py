@@ -1,0 +1,165 @@
+"""StarDist-style family: geometry, targets, loss, postprocessing, training and CLI round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cellsparse_app.labels import select_sparse
+from cellsparse_app.metrics import average_precision
+from cellsparse_app.models import get_family, list_families
+from cellsparse_app.models.star_geometry import (
+    UNKNOWN_DISTANCE,
+    _Fans,
+    distances_to_polygons,
+    polygon_nms,
+    polygons_to_labels,
+    star_distances,
+)
+from cellsparse_app.models.stardist import StarDistConfig, normalised_edt
+
+FAMILY = get_family("stardist")
+CFG = StarDistConfig()
+
+
+def ideal_output(mask: np.ndarray, cfg: StarDistConfig = CFG) -> np.ndarray:
+    """The network output a perfect model would give for a dense ``mask``."""
+    prob = np.clip(normalised_edt(mask), 1e-4, 1 - 1e-4)
+    dist = star_distances(mask, cfg.n_rays) / cfg.dist_scale
+    return np.concatenate([np.log(prob / (1 - prob))[None], dist]).astype(np.float32)
+
+
+def test_registered_with_config_round_trip(tmp_path):
+    assert "stardist" in list_families()
+    assert FAMILY.config_cls is StarDistConfig
+    cfg = StarDistConfig(n_rays=16, grid=1)
+    cfg.save(tmp_path / "c.json")
+    assert StarDistConfig.load(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError, match="n_rays"):
+        StarDistConfig(n_rays=2)
+
+
+def test_star_distances_exact_on_a_square():
+    labels = np.zeros((9, 9), np.int32)
+    labels[2:7, 2:7] = 1  # 5x5 square, centre (4, 4)
+    dist = star_distances(labels, 4)  # rays: right, down, left, up in (row, col)
+    # Three pixels to the edge, minus the half-pixel overshoot correction.
+    np.testing.assert_allclose(dist[:, 4, 4], [2.5, 2.5, 2.5, 2.5])
+    np.testing.assert_allclose(dist[0, 4, 2:7], [4.5, 3.5, 2.5, 1.5, 0.5])
+    assert np.all(dist[:, labels == 0] == 0)
+    # A ray stops at *any* other value: unlabelled pixels bound objects too.
+    labels[4, 5] = -1
+    assert star_distances(labels, 4)[0, 4, 4] == pytest.approx(0.5)
+
+
+def test_star_distances_unknown_at_patch_edge_and_grid():
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:6, 1:4] = 1  # touches the bottom edge
+    dist = star_distances(labels, 4, unknown_outside=True)
+    assert dist[1, 3, 2] == UNKNOWN_DISTANCE  # ray 1 points down, leaves the image inside
+    assert dist[0, 3, 2] == pytest.approx(1.5)
+    gridded = star_distances(labels, 4, grid=2)
+    assert np.all(gridded[:, 3, :] == 0) and np.all(gridded[:, 2, 2] > 0)
+
+
+def test_polygon_nms_keeps_best_and_drops_contained():
+    points = np.array([[20.0, 20.0], [21.0, 20.0], [60.0, 60.0], [20.0, 20.0]])
+    dists = np.array([[10.0] * 32, [10.0] * 32, [8.0] * 32, [3.0] * 32])
+    scores = np.array([0.6, 0.9, 0.7, 0.95])
+    # The small disk (score .95) lies inside the others: overlap / min area = 1 -> it suppresses them.
+    assert list(polygon_nms(points, dists, scores, 0.4)) == [3, 2]
+    assert list(polygon_nms(points[:3], dists[:3], scores[:3], 0.4)) == [1, 2]
+    assert sorted(polygon_nms(points, dists, scores, 1.0)) == [0, 1, 2, 3]
+
+
+def test_quadrature_overlap_matches_exact_clipping():
+    shapely = pytest.importorskip("shapely")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        centres, dists = rng.uniform(0, 20, (2, 2)), rng.uniform(3, 15, (2, 32))
+        polys = shapely.polygons(distances_to_polygons(centres, dists))
+        exact = shapely.area(shapely.intersection(polys[0], polys[1])) / shapely.area(polys).min()
+        fans = _Fans(centres, dists)
+        assert fans.overlap(0, np.array([1]), coarse=False)[0] == pytest.approx(exact, abs=0.03)
+        assert fans.overlap(0, np.array([1]), coarse=True)[0] == pytest.approx(exact, abs=0.1)
+
+
+def test_polygons_to_labels_rasterises_and_higher_score_wins():
+    square = np.array([[[2.0, 2.0], [2.0, 7.0], [7.0, 7.0], [7.0, 2.0]]])
+    labels = polygons_to_labels(np.concatenate([square, square + 2]), (12, 12), [0.9, 0.5])
+    assert labels.dtype == np.uint32
+    assert labels[3, 3] == 1 and labels[6, 6] == 1 and labels[8, 8] == 2
+
+
+def test_targets_sparse_convention(dsb_fluo):
+    mask = dsb_fluo[0].mask
+    labels = select_sparse(mask, [1, 2, 3], background=True)
+    labels[:10] = -1
+    target = FAMILY.targets(labels, CFG)
+    assert target.shape == (1 + CFG.n_rays, *mask.shape) and target.dtype == np.float32
+    prob = target[0]
+    assert np.all(prob[labels == -1] == -1) and np.all(prob[labels == 0] == 0)
+    assert prob[labels > 0].min() > 0 and prob[labels > 0].max() == 1
+    on_grid = np.zeros(mask.shape, bool)
+    on_grid[:: CFG.grid, :: CFG.grid] = True
+    assert np.all(target[1:, (labels > 0) & ~on_grid] == UNKNOWN_DISTANCE)
+    assert np.all(target[1:, (labels > 0) & on_grid] != 0)
+
+
+def test_loss_ignores_unlabelled_pixels_exactly(dsb_fluo):
+    mask = dsb_fluo[0].mask[:128, :128]
+    labels = select_sparse(mask, np.unique(mask)[1:4], background=True)
+    labels[:, :40] = -1
+    target = torch.from_numpy(FAMILY.targets(labels, CFG))[None]
+    gen = torch.Generator().manual_seed(0)
+    output = torch.randn((1, 1 + CFG.n_rays, 128, 128), generator=gen, requires_grad=True)
+    loss = FAMILY.loss(output, target, CFG)
+    loss.backward()
+    unlabelled = torch.from_numpy(labels == -1)
+    assert torch.all(output.grad[0][:, unlabelled] == 0)
+    assert torch.any(output.grad[0][:, ~unlabelled] != 0)
+    changed = output.detach().clone()
+    changed[0][:, unlabelled] = torch.randn((1 + CFG.n_rays, int(unlabelled.sum())), generator=gen) * 1e3
+    assert FAMILY.loss(changed, target, CFG).item() == loss.item()
+    # Background is learnt (BCE towards 0), not ignored.
+    background = torch.from_numpy(labels == 0)
+    assert torch.any(output.grad[0, 0][background] != 0)
+
+
+def test_loss_is_lower_for_the_ideal_output(dsb_fluo):
+    mask = dsb_fluo[0].mask[:128, :128]
+    target = torch.from_numpy(FAMILY.targets(mask, CFG))[None]
+    ideal = torch.from_numpy(ideal_output(mask))[None]
+    noisy = ideal + torch.randn(ideal.shape, generator=torch.Generator().manual_seed(0))
+    assert FAMILY.loss(ideal, target, CFG) < 0.5 * FAMILY.loss(noisy, target, CFG)
+
+
+@pytest.mark.parametrize("dataset", ["dsb_fluo", "usiigaci_phase"])
+def test_postprocess_round_trip_on_real_masks(dataset, request):
+    # Whole cells in phase contrast are less star-convex than nuclei, and large: one 512 crop.
+    masks = [s.mask[:512, :512] for s in request.getfixturevalue(dataset)[:4]]
+    if dataset == "usiigaci_phase":
+        masks = masks[:1]
+    for mask in masks:
+        pred = FAMILY.postprocess(ideal_output(mask), CFG, None)
+        assert pred.dtype == np.uint32 and pred.shape == mask.shape
+        assert average_precision(mask, pred, 0.5) >= 0.95
+        assert average_precision(mask, pred, 0.75) >= 0.9
+
+
+def test_postprocess_min_size_and_empty():
+    out = np.full((1 + CFG.n_rays, 32, 32), -10.0, np.float32)
+    assert FAMILY.postprocess(out, CFG, None).max() == 0
+    out[0, 16, 16] = 5.0
+    out[1:] = 0.3  # 3-pixel rays: a ~28-pixel object
+    assert FAMILY.postprocess(out, CFG, None).max() == 1
+
+    class Predict:
+        min_size = 40
+        prob_threshold = None
+        nms_threshold = None
+
+    assert FAMILY.postprocess(out, CFG, Predict()).max() == 0
+    with pytest.raises(ValueError, match="stardist output"):
+        FAMILY.postprocess(out[:5], CFG, None)

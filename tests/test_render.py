@@ -1,0 +1,81 @@
+"""Overlays: exact colours where Foreground, Background, unlabelled, errors and changes are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellsparse_app import render
+from cellsparse_app.io import ImageConfig
+from cellsparse_app.labels import select_sparse
+from cellsparse_app.metrics import match_labels
+
+
+@pytest.fixture
+def sample(dsb_fluo):
+    return dsb_fluo[3]
+
+
+def test_display_stretches_contrast_and_handles_channels(sample):
+    dim = (sample.image // 4).astype(np.uint8)  # a dim image still fills 0..255
+    out = render.to_display(dim)
+    assert out.shape == (*dim.shape, 3) and out.dtype == np.uint8
+    assert out.max() == 255 and out.min() == 0
+    assert (out[..., 0] == out[..., 1]).all()  # grey
+    two = np.stack([sample.image, 255 - sample.image], -1)
+    g = render.to_display(two)
+    assert (g[..., 0] == g[..., 2]).all() and not (g[..., 0] == g[..., 1]).all()  # green/magenta
+    five = np.stack([sample.image.astype(np.uint16) * k for k in range(1, 6)], -1)
+    one = render.to_display(five, ImageConfig(channels=(4,)))
+    assert (one[..., 0] == one[..., 2]).all()
+    with pytest.raises(ValueError, match="not available"):
+        render.to_display(five, ImageConfig(channels=(7,)))
+
+
+def test_annotation_overlay_colours_each_class(sample):
+    display = np.full((*sample.mask.shape, 3), 100, np.uint8)
+    labels = select_sparse(sample.mask, [1, 2], background=False)
+    corner = np.zeros(labels.shape, bool)
+    corner[:40, :40] = True
+    labels[corner & (labels < 0)] = 0  # a background box that spares the cells
+    out = render.annotation_overlay(display, labels)
+    unl = labels == -1
+    assert (out[unl] == 100).all()  # unlabelled pixels show the plain image
+    bg = out[labels == 0]
+    assert (bg[:, 2] > bg[:, 0] + 40).all()  # background is blue
+    cell = out[labels == 1]
+    assert (np.abs(cell.astype(int) - 100).sum(axis=1) > 30).all()  # cells are coloured
+    preview = sample.mask == 5
+    out2 = render.annotation_overlay(display, labels, preview=preview, points=[(5, 5)],
+                                     point_labels=[1])
+    assert (out2[preview][:, :2].astype(int) > 150).all()  # yellow-ish
+    assert tuple(out2[5, 5]) == render.POSITIVE_RGB
+
+
+def test_error_and_change_overlays_follow_metrics(sample):
+    truth = sample.mask
+    pred = truth.copy()
+    pred[truth == 3] = 0  # missed -> FN
+    fp = np.zeros_like(truth, bool)
+    fp[:6, -6:] = True
+    pred[fp] = truth.max() + 1  # extra object -> FP
+    m = match_labels(truth, pred, (0.5,))
+    assert m["fn_ids"][0] == [3] and m["fp_ids"][0] == [int(truth.max()) + 1]
+    display = np.zeros((*truth.shape, 3), np.uint8)
+    out = render.error_overlay(display, truth, pred, m["fp_ids"][0], m["fn_ids"][0])
+    inner = lambda mask: mask & ~render.boundaries(np.where(mask, 1, 0))  # noqa: E731
+    assert (out[inner(truth == 3)][:, 2] < out[inner(truth == 3)][:, 0]).all()  # yellow FN
+    assert (out[inner(fp)][:, 1] < out[inner(fp)][:, 2]).all()  # magenta FP
+    tp = inner(truth == 1)
+    assert (out[tp][:, 1] > out[tp][:, 0]).all()  # green TP
+    ch = render.change_overlay(display, truth, pred, [3], [int(truth.max()) + 1])
+    assert (ch[inner(fp)][:, 1] > 0).all() and (ch[inner(truth == 3)][:, 0] > 0).all()
+
+
+def test_box_mask_and_boundaries():
+    m = render.box_mask((10, 10), (7, 8, 2, 1))  # corners in any order, inclusive
+    assert m.sum() == 6 * 8 and m[2, 1] and m[7, 8] and not m[8, 8]
+    lab = np.zeros((5, 5), int)
+    lab[1:4, 1:4] = 1
+    b = render.boundaries(lab)
+    assert b.sum() == 8 and not b[2, 2]

@@ -1,0 +1,100 @@
+"""Step 1 (images): upload, example, switch, channels/contrast, bad files, per-user isolation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gradio as gr
+import numpy as np
+import pytest
+import tifffile
+
+from cellsparse_app.ui import handlers_images as img
+
+# image_outputs order: dropdown, info, channels, low, high, tabs, canvas, status, summary, cells
+DROPDOWN, INFO, CHANNELS, LOW, HIGH, TABS, CANVAS, STATUS, SUMMARY, CELLS = range(10)
+
+
+def test_session_start_says_which_sam(ctx):
+    ws, sam = img.start_session(ctx)
+    assert "Segment Anything" in sam and "fallback" in sam.lower()
+    assert ws.directory.parent == ctx.settings.session_root and ws.current is None
+
+
+def test_example_loads_with_truth_and_switches_tab(ctx, ws, example_truth):
+    out = img.load_example(ctx)(ws)
+    assert out[DROPDOWN]["choices"][0][0].startswith("example_nuclei (360×360)")
+    assert "ground truth" in out[INFO]
+    assert out[CANVAS].shape == (360, 360, 3) and out[CANVAS].dtype == np.uint8
+    assert out[CANVAS].max() == 255  # the dim raw image (4..48) is contrast-stretched
+    assert out[TABS]["selected"] == img.ANNOTATE_TAB
+    assert out[SUMMARY].startswith("**0** Foreground cells")
+    np.testing.assert_array_equal(ws.project.truth(ws.current), example_truth)
+
+
+def test_upload_16bit_multichannel_and_choose_channel(ws, tmp_path, dsb_fluo):
+    base = dsb_fluo[0].image.astype(np.uint16) * 200
+    stack = np.stack([base, np.flipud(base)], axis=-1)  # two channels, 16-bit
+    path = tmp_path / "two_channels.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    out = img.upload(ws, [str(path)])
+    assert out[CHANNELS]["visible"] is True and len(out[CHANNELS]["choices"]) == 2
+    assert "2 channels" in out[INFO] and "uint16" in out[INFO]
+    both = out[CANVAS]
+    one = img.apply_display(ws, [1], 1.0, 99.8)[CANVAS]
+    assert (one[..., 0] == one[..., 1]).all()  # one channel shows grey
+    np.testing.assert_array_equal(one[..., 0] > 127, np.flipud(both[..., 1]) > 127)
+    with pytest.raises(gr.Error, match="at least one channel"):
+        img.apply_display(ws, [], 1.0, 99.8)
+    with pytest.raises(gr.Error, match="0 <= low < high <= 100"):
+        img.apply_display(ws, [0], 99.9, 99.8)
+
+
+def test_several_images_and_switching(ctx, ws, tmp_path, dsb_fluo):
+    paths = []
+    for k in (0, 1):
+        paths.append(tmp_path / f"img{k}.png")
+        from PIL import Image
+
+        Image.fromarray(dsb_fluo[k].image).save(paths[-1])
+    out = img.upload(ws, [str(p) for p in paths])
+    ids = [v for _, v in out[DROPDOWN]["choices"]]
+    assert len(ids) == 2 and out[DROPDOWN]["value"] == ids[0]
+    out = img.select_image(ws, ids[1])
+    assert ws.current == ids[1] and "img1" in out[INFO]
+    out = img.remove_image(ws)
+    assert [v for _, v in out[DROPDOWN]["choices"]] == [ids[0]]
+
+
+def test_bad_files_give_readable_errors_and_lose_nothing(ctx, ws, tmp_path):
+    img.load_example(ctx)(ws)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(gr.Error, match="broken.png: cannot decode"):
+        img.upload(ws, [str(bad)])
+    with pytest.raises(gr.Error, match="no file given"):
+        img.upload(ws, [])
+    assert len(ws.project.images) == 1  # the example is still there
+
+
+def test_two_users_do_not_see_each_other(ctx):
+    a, _ = img.start_session(ctx)
+    b, _ = img.start_session(ctx)
+    img.load_example(ctx)(a)
+    assert a.directory != b.directory and b.project.images == []
+    assert not (b.directory / "project" / "images").exists()
+    a.close()
+    assert not a.directory.exists() and b.directory.exists()
+
+
+def test_handlers_before_the_session_exists_explain():
+    with pytest.raises(gr.Error, match="still starting"):
+        img.upload(None, [])
+
+
+def test_core_never_imports_gradio():
+    code = ("import sys, cellsparse_app.workspace, cellsparse_app.project, cellsparse_app.hitl, "
+            "cellsparse_app.render; print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,87 @@
+"""The Blocks: per-user state, queues (training in the "gpu" group), error mapping, app.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from cellsparse_app.ui import build_demo, launch_options
+from cellsparse_app.ui.context import AppContext, AppSettings
+from cellsparse_app.ui.errors import friendly, to_gr_error
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    settings = AppSettings(session_root=tmp_path_factory.mktemp("s"), sam_model="fallback",
+                           gpu_slots=2)
+    return build_demo(AppContext(settings))
+
+
+def _fns(demo):
+    return {fn.name: fn for fn in demo.fns.values()}
+
+
+def test_state_is_per_session_not_global(demo):
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 1 and states[0].value is None  # filled per session by demo.load
+    assert states[0].delete_callback == AppContext.close_workspace
+
+
+def test_training_and_prediction_share_the_gpu_queue(demo):
+    fns = _fns(demo)
+    for name in ("train", "predict"):
+        assert fns[name].concurrency_id == "gpu" and fns[name].concurrency_limit == 2
+    assert fns["click"].concurrency_id == "sam"  # clicks never wait behind a training
+    assert fns["stop"].concurrency_limit is None  # stop is always answered at once
+    assert fns["click"].trigger_mode == "multiple"  # fast double clicks (box corners) all count
+
+
+def test_components_of_each_step_exist(demo):
+    kinds = {type(b).__name__ for b in demo.blocks.values()}
+    assert {"ImageSlider", "LinePlot", "ImageEditor", "File", "Dataframe"} <= kinds
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    for elem in ("canvas", "cs-accept-fg", "cs-train", "cs-stop", "cs-progress", "cs-loss",
+                 "cs-predict", "cs-slider", "cs-export", "cs-save", "cs-load-project"):
+        assert elem in ids
+
+
+def test_launch_options_work_offline():
+    opts = launch_options()
+    fonts = opts["theme"]._font if hasattr(opts["theme"], "_font") else []
+    assert all(not isinstance(f, gr.themes.GoogleFont) for f in fonts)
+    assert ".cs-progress" in opts["css"]
+
+
+def test_errors_become_messages_not_tracebacks():
+    assert "no such image" in str(to_gr_error(ValueError("no such image")))
+
+    @friendly
+    def broken():
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(gr.Error, match="Unexpected ZeroDivisionError.*are kept"):
+        broken()
+
+    @friendly
+    def gen():
+        yield 1
+        raise KeyError("missing key")
+
+    with pytest.raises(gr.Error, match="missing key"):
+        list(gen())
+
+
+def test_app_py_has_the_documented_entry_point():
+    out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    assert "--host" in out.stdout and "--port" in out.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("---\n") and "app_file: app.py" in readme
+    after = readme.split("---\n", 2)[2].lstrip()
+    assert after.startswith("```bash\nmake run") and "make test" in after.split("```")[1]

@@ -1,0 +1,184 @@
+"""Steps 3-6: train (progress, loss curve, stop, continue, rollback), predict and compare,
+correct, export (files readable by tifffile/roifile/json), model zip, project save/load.
+
+One short real training on the bundled example (5 of its 23 nuclei + background annotated from
+its ground truth) is shared by the tests of this module, which run in file order (the stop test
+adds round 2, which the save/load test expects).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+import roifile
+import tifffile
+
+from cellsparse_app.labels import select_sparse
+from cellsparse_app.ui import handlers_images as img
+from cellsparse_app.ui import handlers_results as res
+from cellsparse_app.ui import handlers_train as trn
+from cellsparse_app.ui.context import AppContext, AppSettings
+
+STEPS = 60
+PROGRESS, LOSS, ROUNDS, ROUND_DD = range(4)
+
+
+def _annotate_from_truth(ws, truth, ids=(1, 5, 9, 14, 20)):
+    editor = ws.project.editor(ws.current)
+    editor.replace(select_sparse(truth, ids, background=True))
+    ws.project.edited(ws.current)
+
+
+def _run(gen):
+    outputs = list(gen)
+    return outputs, outputs[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, example_truth):
+    """A workspace with the annotated example and one complete training round."""
+    ctx = AppContext(AppSettings(session_root=tmp_path_factory.mktemp("sessions"),
+                                 sam_model="fallback"))
+    ws, _ = img.start_session(ctx)
+    img.load_example(ctx)(ws)
+    _annotate_from_truth(ws, example_truth)
+    outputs, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 0, STEPS))
+    yield ws, outputs, last
+    ws.close()
+
+
+def test_training_reports_progress_loss_and_round(trained):
+    ws, outputs, last = trained
+    assert "Done: round 1" in last[PROGRESS] and 'data-state="done"' in last[PROGRESS]
+    curve = last[LOSS]
+    assert isinstance(curve, pd.DataFrame) and curve["step"].iloc[-1] == STEPS
+    assert np.isfinite(curve["loss"]).all()
+    assert curve["loss"].iloc[-5:].mean() < curve["loss"].iloc[:5].mean()  # it learns
+    assert len(last[ROUNDS]) == 1 and last[ROUNDS][0][0] == 1 and "active" in last[ROUNDS][0][-1]
+    assert last[ROUND_DD]["value"] == 1
+    assert (ws.project.model_dir() / "config.json").is_file()
+
+
+def test_predict_compare_and_correct(trained, example_truth):
+    ws, _, _ = trained
+    slider, text, legend, compare = res.predict(ws, "current", None, 15, res.PREDICTION,
+                                                progress=lambda *a, **k: None)
+    n = int(text.split("**")[3])
+    assert n >= 5 and "AP50 vs ground truth" in text and "AP50 on your annotations" in text
+    assert slider[0].shape == slider[1].shape == (360, 360, 3)
+    pred = ws.project.prediction(ws.current)
+    assert len(np.unique(pred)) - 1 == n
+    ap = ws.project.round().metrics[ws.current]["truth"]["ap"][0]
+    assert 0.0 < ap <= 1.0
+    value, legend, compare = res.show_comparison(ws, res.ERRORS)
+    assert "Errors vs ground truth" in compare and "False positive" in legend
+    assert not np.array_equal(value[1], slider[1])
+    value, legend, compare = res.show_comparison(ws, res.CHANGES)
+    assert "No earlier round" in compare
+    tabs, mode, show, canvas, *_ = res.correct(ws)
+    assert tabs["selected"] == img.ANNOTATE_TAB and mode == "select" and show is True
+    cyan = (canvas[..., 0] < 60) & (canvas[..., 1] > 200) & (canvas[..., 2] > 200)
+    assert cyan.sum() > 50  # predicted outlines drawn on unannotated nuclei
+
+
+def test_exports_are_readable_and_agree(trained, tmp_path):
+    ws, _, _ = trained
+    n = len(np.unique(ws.project.prediction(ws.current))) - 1
+    files = res.export(ws, "prediction", "current", ["tiff", "geojson", "imagej", "coco", "csv"])
+    by_end = {f.rsplit("_", 1)[-1]: f for f in files}
+    labels = tifffile.imread(by_end["prediction.tif"])
+    assert len(np.unique(labels[labels > 0])) == n
+    assert len(json.load(open(by_end["prediction.geojson"]))["features"]) == n
+    assert len(roifile.roiread(by_end["rois.zip"])) == n
+    assert len(json.load(open(by_end["coco.json"]))["annotations"]) == n
+    assert len(list(csv.DictReader(open(by_end["objects.csv"])))) == n
+    sparse = res.export(ws, "annotations", "current", ["sparse"])
+    ann = tifffile.imread(sparse[0])
+    assert ann.dtype == np.int32 and ann.min() == -1 and ann.max() == 5
+    with pytest.raises(gr.Error, match="only for annotations"):
+        res.export(ws, "prediction", "current", ["sparse"])
+    with pytest.raises(gr.Error, match="choose export formats"):
+        res.export(ws, "prediction", "current", [])
+
+
+def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
+    from cellsparse_app.export import unzip_model
+    from cellsparse_app.predict import predict_instances
+    from cellsparse_app.train import TrainedModel
+
+    ws, _, _ = trained
+    path = res.export_model(ws)
+    with zipfile.ZipFile(path) as zf:
+        assert any(name.endswith("config.json") for name in zf.namelist())
+    model_dir = unzip_model(open(path, "rb").read(), tmp_path / "model")
+    model = TrainedModel.load(model_dir)
+    again = predict_instances(model, ws.project.image(ws.current))
+    np.testing.assert_array_equal(again > 0, ws.project.prediction(ws.current) > 0)
+
+
+def test_stop_keeps_the_model_and_continue_and_rollback(trained):
+    ws, _, _ = trained
+    ws.arm_training()
+    run = trn.train(ws, "cellpose", trn.CONTINUE, 120, None)
+    outputs = [next(run), next(run)]  # "preparing", then a first progress update
+    trn.stop(ws)
+    outputs += list(run)
+    last = outputs[-1]
+    assert 'data-state="stopped"' in last[PROGRESS] and "saved as round 2" in last[PROGRESS]
+    rec = ws.project.round(2)
+    assert rec.cancelled and rec.parent == 1 and rec.steps >= 1
+    rows = last[ROUNDS]
+    assert [r[0] for r in rows] == [1, 2] and rows[1][2] == 1 and "stopped early" in rows[1][-1]
+    # Roll back to round 1: model and annotations of round 1 are active again.
+    ws.project.editor(ws.current).clear()
+    ws.project.edited(ws.current)
+    rows, dd, canvas, status, summary, cells = trn.rollback(ws, 1)
+    assert ws.project.active_round == 1 and "Rolled back to round 1" in status
+    assert summary.startswith("**5** Foreground cells") and len(cells) == 5
+
+
+def test_train_errors_are_readable(ws, ctx):
+    img.load_example(ctx)(ws)
+    with pytest.raises(gr.Error, match="nothing to train on"):
+        list(trn.train(ws, "cellpose", trn.SCRATCH, 10, None))
+    with pytest.raises(gr.Error, match="no model to continue from"):
+        ws.project.editor(ws.current).add_foreground(np.pad(np.ones((10, 10), bool), 175))
+        ws.project.edited(ws.current)
+        list(trn.train(ws, "cellpose", trn.CONTINUE, 10, None))
+    with pytest.raises(gr.Error, match="click Predict first|no model trained yet"):
+        res.show_comparison(ws, res.PREDICTION)
+    with pytest.raises(gr.Error, match="no model trained yet"):
+        res.predict(ws, "current", None, 15, res.PREDICTION, progress=lambda *a, **k: None)
+
+
+def test_stop_before_start_changes_nothing(ws, ctx, example_truth):
+    img.load_example(ctx)(ws)
+    _annotate_from_truth(ws, example_truth, ids=(1, 2))
+    ws.arm_training()
+    trn.stop(ws)  # pressed while the run still waits in the queue
+    _, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 30, None))
+    assert "Stopped before the first step" in last[PROGRESS] or "saved as round 1" in \
+        last[PROGRESS]
+    assert len(ws.project.rounds) <= 1
+
+
+def test_project_save_and_load_in_another_session(trained, ctx):
+    ws, _, _ = trained
+    path = res.save_project(ws)
+    other, _ = img.start_session(ctx)
+    out = res.load_project(other, path)
+    assert out[0]["value"] == ws.current and out[-1]["value"] == ws.project.active_round
+    np.testing.assert_array_equal(other.project.labels(ws.current), ws.project.labels(ws.current))
+    assert [r.index for r in other.project.rounds] == [1, 2]
+    bad = ctx.settings.session_root / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(gr.Error, match="not a valid zip"):
+        res.load_project(other, str(bad))
+    assert [r.index for r in other.project.rounds] == [1, 2]  # nothing lost
+    other.close()
