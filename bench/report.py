@@ -35,6 +35,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     """The table plus the paper's comparisons, as markdown."""
     settings, reference = result["settings"], result.get("reference", {})
     agg = aggregate(result["rows"])
+    load = result.get("load_average") or {}
     lines = [
         "# Sparse-annotation benchmark (Sugawara 2023 conditions)",
         "",
@@ -43,6 +44,9 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"test images per data set; machine: {platform.machine()}, {_cpus()} CPU(s), device "
         f"{settings['device']}. AP pooled over test images, mean ± std over seeds. Background = "
         "all background pixels of the dense ground truth. objects = annotated objects in total.",
+        "",
+        f"Load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}: "
+        f"timings are comparable only on an otherwise idle machine ({_cpus()} cores).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

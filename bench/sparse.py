@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,7 +51,7 @@ class BenchSettings:
     ks: tuple[str, ...] = DEFAULT_KS
     modes: tuple[str, ...] = tuple(MODES)
     seeds: tuple[int, ...] = (0, 1, 2)
-    seconds: float = 25.0  # training budget per run
+    seconds: float = 30.0  # training budget per run
     n_train: int = 8
     n_test: int = 16
     reference_seconds: float = 15.0
@@ -58,7 +59,7 @@ class BenchSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchSettings":
-        base = cls(ks=("4", "100%"), modes=("bg", "naive"), seeds=(0,), seconds=4.0, n_train=3,
+        base = cls(ks=("4", "100%"), modes=("bg", "naive"), seeds=(0,), seconds=8.0, n_train=3,
                    n_test=3, reference_seconds=3.0)
         return dataclasses.replace(base, **overrides)
 
@@ -119,17 +120,29 @@ def run_one(train_images, labels, test, cfg) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     preds = [predict_instances(model, s.image) for s in test]
     ev = evaluate_many([s.mask for s in test], preds, (0.5, 0.75))
-    steps = reports[-1].step if reports else 0
-    first = next((r for r in reports if r.step >= 1), None)
-    rate = float("nan")
-    if first is not None and reports[-1].elapsed > first.elapsed:
-        patches = (reports[-1].step - first.step) * cfg.batch_size
-        rate = patches / (reports[-1].elapsed - first.elapsed)
+    steps, rate = training_rate(reports, cfg.batch_size)
     return {
-        "ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": train_s, "steps": int(steps),
+        "ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": train_s, "steps": steps,
         "patches_per_s": rate, "n_pred": ev["n_pred"], "n_true": ev["n_true"],
         "model_config": model.config, "image_config": model.image,
     }
+
+
+def training_rate(reports: Sequence[Any], batch_size: int) -> tuple[int, float]:
+    """(steps, patches/s) from a training run's progress reports.
+
+    The rate is taken between the first and the last intermediate report, so start-up (targets,
+    first steps) is excluded; NaN (shown as n/a) with fewer than two intermediate reports, where
+    it would mostly measure start-up.
+    """
+    if not reports:
+        return 0, float("nan")
+    steps = int(reports[-1].step)
+    live = [r for r in reports if not r.done and r.step > 0]
+    if len(live) >= 2 and live[-1].elapsed > live[0].elapsed:
+        rate = (live[-1].step - live[0].step) * batch_size / (live[-1].elapsed - live[0].elapsed)
+        return steps, float(rate)
+    return steps, float("nan")
 
 
 def run(settings: BenchSettings, log=print) -> dict[str, Any]:
@@ -140,7 +153,7 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
     check_families(settings.families)
     rows: list[dict[str, Any]] = []
     reference: dict[str, Any] = {}
-    done, total, t_start = 0, settings.runs(), time.perf_counter()
+    done, total, t_start, load_start = 0, settings.runs(), time.perf_counter(), _load()
     for ds in settings.datasets:
         samples, _ = load_dataset(ds)
         train_s, test = split_samples(samples, settings.n_train, settings.n_test)
@@ -174,7 +187,16 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
                 reference[f"{ds}/{family}"] = _reference(family, images, last, settings)
                 log(f"  plain fp32 loop ({family}): "
                     f"{reference[f'{ds}/{family}']['patches_per_s']:.1f} patches/s")
-    return {"settings": dataclasses.asdict(settings), "rows": rows, "reference": reference}
+    return {"settings": dataclasses.asdict(settings), "rows": rows, "reference": reference,
+            "load_average": {"start": load_start, "end": _load()}}
+
+
+def _load() -> list[float] | None:
+    """1/5/15-minute load averages: timings taken on a busy machine are not comparable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _reference(family, images, last, settings) -> dict[str, float]:

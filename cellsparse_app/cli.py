@@ -26,17 +26,22 @@ def _train(args: argparse.Namespace) -> int:
         )
     images = [read_image(p) for p in args.images]
     labels = [read_labels(p) for p in args.labels]
-    overrides = {"family": args.model, "seed": args.seed, "device": args.device}
+    initial = TrainedModel.load(args.init, device=args.device) if args.init else None
+    # Continuing a model keeps its family unless --model names one explicitly.
+    family = args.model or (initial.family if initial is not None else TrainConfig().family)
+    overrides = {"family": family, "seed": args.seed, "device": args.device}
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.max_seconds is not None:
         overrides["max_seconds"] = args.max_seconds
     cfg = TrainConfig().replace(**overrides)
-    initial = TrainedModel.load(args.init) if args.init else None
 
     def report(p) -> None:
         total = f"/{p.total_steps}" if p.total_steps else ""
-        print(f"step {p.step}{total}  loss {p.loss:.4f}  {p.elapsed:.1f}s", flush=True)
+        print(
+            f"step {p.step}{total}  loss {p.loss:.4f}  {p.elapsed:.1f}s  {100 * p.fraction:.0f}%",
+            flush=True,
+        )
 
     model = train(images, labels, cfg, initial=initial, progress=report)
     out = model.save(args.out)
@@ -92,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", required=True,
                    help="integer label TIFFs: -1 unlabelled, 0 background, 1..N cells")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--model", default="cellpose", help="model family (cellpose, stardist, elephant)")
+    p.add_argument("--model", default=None,
+                   help="model family: cellpose (default), stardist, elephant; with --init, that "
+                        "model's family")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: time budget)")
     p.add_argument("--max-seconds", type=float, default=None, help="time budget in seconds")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

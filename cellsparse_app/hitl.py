@@ -144,7 +144,7 @@ def _drain(engine: Generator) -> Any:
 
 
 def _save_round(project, model, cfg, parent, history, start, totals) -> RoundRecord | None:
-    if model is None or not history:
+    if model is None or not history or history[-1]["step"] < 1:
         logger.info("training stopped before the first step; no round saved")
         return None
     meta = getattr(model, "meta", {}) or {}

@@ -49,7 +49,7 @@ class PredictConfig(JsonConfig):
     flow_threshold: float = 0.4
     nms_threshold: float = 0.4
     min_size: int = 15
-    tile_size: int = 512
+    tile_size: int = 1024
     tile_overlap: float = 0.125
     batch_size: int = 4
     device: str = "auto"
@@ -123,23 +123,30 @@ def predict_instances(
     return np.asarray(labels).astype(np.uint32, copy=False)
 
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
+def tile_layout(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """``(tile length, start offsets)`` of the fewest even tiles covering ``length``.
+
+    Tiles overlap by at least ``overlap`` pixels and their length is a multiple of ``multiple``
+    and at most ``tile`` (``length`` itself, rounded up, when it fits in one tile).
+    """
     if length <= tile:
-        return [0]
-    step = max(1, int(tile * (1 - overlap)))
-    count = int(math.ceil((length - tile) / step)) + 1
-    return [int(round(v)) for v in np.linspace(0, length - tile, count)]
+        return _round_up(length, multiple), [0]
+    count = int(math.ceil((length - overlap) / max(tile - overlap, 1)))
+    size = min(_round_up(int(math.ceil((length + (count - 1) * overlap) / count)), multiple), tile)
+    count = max(count, int(math.ceil((length - overlap) / max(size - overlap, 1))))
+    starts = np.linspace(0, length - size, count).round().astype(int)
+    return size, [int(v) for v in starts]
 
 
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
-    """``(tile, tile)`` weights: 1 in the middle, falling linearly to ~0 over ``overlap`` pixels."""
-    ramp = np.ones(tile, np.float32)
+def _ramp(length: int, overlap: int) -> np.ndarray:
+    """1-D blending weights: 1 in the middle, falling linearly to ~0 over ``overlap`` pixels."""
+    ramp = np.ones(length, np.float32)
+    overlap = min(overlap, length // 2)
     if overlap > 0:
         edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        ramp[:overlap] = np.minimum(ramp[:overlap], edge)
-        ramp[-overlap:] = np.minimum(ramp[-overlap:], edge[::-1])
-    return np.outer(ramp, ramp)
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return ramp
 
 
 def _tiled(
@@ -152,17 +159,17 @@ def _tiled(
 ) -> np.ndarray:
     channels, height, width = x.shape
     tile = max(multiple, cfg.tile_size // multiple * multiple)
-    # Pad (with 0, the normalised background level, as in training) to a multiple of the
-    # network's size multiple and to at least one tile where the image is larger than a tile.
-    ph = _round_up(height, multiple) if height <= tile else max(height, tile)
-    pw = _round_up(width, multiple) if width <= tile else max(width, tile)
+    overlap = int(round(tile * cfg.tile_overlap))
+    th, row_starts = tile_layout(height, tile, overlap, multiple)
+    tw, col_starts = tile_layout(width, tile, overlap, multiple)
+    # Pad with 0 (the normalised background level, as outside the image in training).
+    ph, pw = max(height, th), max(width, tw)
     padded = np.zeros((channels, ph, pw), np.float32)
     padded[:, :height, :width] = x
-    th, tw = min(tile, ph), min(tile, pw)
-    boxes = [(r, c) for r in tile_starts(ph, th, cfg.tile_overlap)
-             for c in tile_starts(pw, tw, cfg.tile_overlap)]
-    overlap = int(round(tile * cfg.tile_overlap)) if len(boxes) > 1 else 0
-    weight = blend_weights(max(th, tw), overlap)[:th, :tw] if overlap else np.ones((th, tw), np.float32)
+    boxes = [(r, c) for r in row_starts for c in col_starts]
+    ramp_r = overlap if len(row_starts) > 1 else 0
+    ramp_c = overlap if len(col_starts) > 1 else 0
+    weight = np.outer(_ramp(th, ramp_r), _ramp(tw, ramp_c))
     out_sum: np.ndarray | None = None
     weight_sum = np.zeros((ph, pw), np.float32)
     precision = "fp16" if device.type == "cuda" else "fp32"

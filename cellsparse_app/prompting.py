@@ -23,15 +23,19 @@ def create_annotator(model_type: str) -> Any:
     return SamAnnotator(SamConfig.from_env(SamConfig(model_type=model_type)))
 
 
-def describe_annotator(annotator: Any) -> str:
-    """Which backend answers clicks, in words, saying so when it is the offline fallback."""
-    return str(annotator.describe())
+def describe_annotator(annotator: Any) -> tuple[str, str | None]:
+    """``(headline, notice)``: which backend answers clicks, and for the offline fallback why
+    SAM is not used and how to get it (None when SAM answers)."""
+    headline = str(annotator.engine.describe())
+    if annotator.is_fallback and "fallback" not in headline.lower():
+        headline = f"offline fallback, not SAM ({headline})"
+    return headline, annotator.notice
 
 
 def prepare(annotator: Any, rgb: np.ndarray) -> str:
     """Compute (and cache) the embedding of ``rgb``; returns the backend name."""
-    annotator.embed(rgb)
-    return str(annotator.backend_name)
+    annotator.set_image(rgb)
+    return str(annotator.model_name)
 
 
 def segment(
@@ -52,7 +56,7 @@ def segment(
         r0, c0, r1, c1 = box
         box_rc = (min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1))
         result = annotator.segment_from_box(rgb, box_rc, points_rc=points_rc,
-                                            point_labels=point_labels)
+                                            labels=point_labels, mode="best")
     else:
         result = annotator.segment_from_points(rgb, points_rc, point_labels, mode="best")
     if len(result.masks) == 0:

@@ -136,10 +136,26 @@ def test_report_from_rows():
     assert agg[("1", "bg")]["failed"] == 1 and math.isnan(agg[("1", "bg")]["ap50"])
     settings = BenchSettings.quick().__dict__ | {"seeds": [0, 1]}
     text = markdown_report({"settings": settings, "rows": rows,
-                            "reference": {"d/cellpose": {"patches_per_s": 20.0}}})
+                            "reference": {"d/cellpose": {"patches_per_s": 20.0}},
+                            "load_average": {"start": [1.5, 1.0, 0.5], "end": None}})
     assert "| d | cellpose | k=5%, bg | 10 | 0.800 ± 0.050 |" in text
-    assert "2.00x" in text and "(1 failed)" in text
+    assert "2.00x" in text and "(1 failed)" in text and "[1.5, 1.0, 0.5]" in text
     assert "0.94x dense (0.850)" in text and "+0.400 vs naive (0.400)" in text
+
+
+def test_training_rate_skips_start_up():
+    from types import SimpleNamespace as R
+
+    from bench.sparse import training_rate
+
+    reports = [R(step=10, elapsed=12.0, done=False), R(step=30, elapsed=16.0, done=False),
+               R(step=35, elapsed=17.5, done=True)]
+    assert training_rate(reports, 8) == (35, pytest.approx(20 * 8 / 4.0))
+    steps, rate = training_rate([R(step=10, elapsed=9.0, done=False),
+                                 R(step=12, elapsed=10.0, done=True)], 8)
+    assert steps == 12 and math.isnan(rate)  # one intermediate report: start-up dominated
+    steps, rate = training_rate([R(step=0, elapsed=3.0, done=True)], 8)
+    assert steps == 0 and math.isnan(rate)
 
 
 def test_dispatcher(capsys):

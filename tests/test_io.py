@@ -24,8 +24,8 @@ from cellsparse_app.io import (
 
 def _png(array: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG") if mode else \
-        Image.fromarray(array).save(buf, format="PNG")
+    image = Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 

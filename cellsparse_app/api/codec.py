@@ -192,7 +192,7 @@ def sam_features(
 
     out = []
     for i, (mask, score) in enumerate(zip(masks, scores)):
-        rings = mask_to_polygons(np.asarray(mask, dtype=bool))
+        rings = mask_to_polygons(_largest_part(np.asarray(mask, dtype=bool)))
         out.append(
             {
                 "type": "Feature",
@@ -206,3 +206,18 @@ def sam_features(
             }
         )
     return out
+
+
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of ``mask`` (samapi keeps only the longest contour).
+
+    Tracing only this part keeps speckled masks (hundreds of specks) cheap to outline.
+    """
+    from scipy import ndimage as ndi
+
+    parts, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    counts = np.bincount(parts.ravel())
+    counts[0] = 0
+    return parts == int(counts.argmax())

@@ -146,7 +146,7 @@ def automask(body: AutoMaskBody, st: AppState = Depends(get_state)) -> list[dict
 def get_weights(
     type: Optional[str] = Query(None, description="only this model type"),
     st: AppState = Depends(get_state),
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     with core_errors():
         return st.sam.list_weights(type)
 

@@ -43,6 +43,8 @@ class ServerSettings:
         mount_ui: serve the Gradio UI at ``/ui`` when ``cellsparse_app.ui`` is available.
         sam_random_init: build SAM networks with random weights instead of downloading
             checkpoints (tests and offline demos only: masks are meaningless).
+        sam_encoder: SAM image-encoder engine (``torch``, ``onnx``, ``auto``); None: the SAM
+            engine's choice (``CELLSPARSE_SAM_ENCODER`` or ``auto``).
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_home)
@@ -58,6 +60,7 @@ class ServerSettings:
     max_points: int = 256
     mount_ui: bool = True
     sam_random_init: bool = False
+    sam_encoder: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())

@@ -52,6 +52,12 @@ class AppState:
                 self._sam = SamService(self.settings)
             return self._sam
 
+    @sam.setter
+    def sam(self, service: "SamService") -> None:
+        """Replace the SAM service (e.g. one with another download policy)."""
+        with self._sam_lock:
+            self._sam = service
+
     def load_model(self, family: str, name: str) -> "TrainedModel":
         """A stored model, cached in memory until its files change (LRU of 4)."""
         path = self.store.path(family, name)

@@ -75,17 +75,93 @@ def _dynamics():
 
 
 def instance_flows(instances: np.ndarray) -> np.ndarray:
-    """Cellpose's diffusion flows (unit vectors, ``float32 (2, H, W)``) of sequential instances.
+    """Cellpose flows (unit vectors towards each cell's centre, ``float32 (2, H, W)``).
+
+    Cellpose defines the flows as the normalised gradient of a heat diffusion from the cell's
+    centre (the pixel nearest its mean) with absorbing cell borders, iterated ``2 x extent`` times
+    (``cellpose.dynamics.masks_to_flows_gpu``). We solve for the diffusion's *steady state*
+    directly with a sparse linear solve: the same field up to convergence (cosine similarity
+    0.999 with Cellpose's on DSB nuclei) and 15-100x faster on a CPU, which matters because
+    targets of every training image are computed on each training call.
 
     Args:
-        instances: ``(H, W)`` integers, 0 nothing, 1..N instances (consecutive).
+        instances: ``(H, W)`` integers, 0 nothing, 1..N instances.
     """
-    import torch
+    instances = np.asarray(instances)
+    height, width = instances.shape
+    flows = np.zeros((2, height, width), np.float32)
+    padded = np.pad(instances.astype(np.int64, copy=False), 1)
+    rows, cols = np.nonzero(padded)
+    if len(rows) == 0:
+        return flows
+    ids = padded[rows, cols]
+    heat = np.zeros(padded.shape, np.float64)
+    # Solve in groups of whole cells so that huge images keep the sparse systems small.
+    order = np.argsort(ids, kind="stable")
+    rows, cols, ids = rows[order], cols[order], ids[order]
+    cell_edges = np.append(np.flatnonzero(np.diff(ids)) + 1, len(rows))
+    group_edges, previous = [0], 0
+    for edge in cell_edges:
+        if edge - group_edges[-1] > MAX_SYSTEM_PIXELS and previous > group_edges[-1]:
+            group_edges.append(previous)
+        previous = int(edge)
+    group_edges.append(len(rows))
+    for start, stop in zip(group_edges[:-1], group_edges[1:]):
+        sl = slice(start, stop)
+        heat[rows[sl], cols[sl]] = _steady_heat(padded, rows[sl], cols[sl], ids[sl])
+    # Neighbours in other cells are outside this cell's absorbing border: they count as 0.
+    def neighbour(dr: int, dc: int) -> np.ndarray:
+        same = padded[rows + dr, cols + dc] == ids
+        return np.where(same, heat[rows + dr, cols + dc], 0.0)
 
-    if not instances.any():
-        return np.zeros((2, *instances.shape), np.float32)
-    flows, _ = _dynamics().masks_to_flows_gpu(instances, device=torch.device("cpu"))
-    return flows.astype(np.float32)
+    dy = neighbour(1, 0) - neighbour(-1, 0)
+    dx = neighbour(0, 1) - neighbour(0, -1)
+    norm = np.sqrt(dy**2 + dx**2) + 1e-60
+    flows[0, rows - 1, cols - 1] = dy / norm
+    flows[1, rows - 1, cols - 1] = dx / norm
+    return flows
+
+
+#: Largest number of pixels solved in one sparse system by :func:`instance_flows`.
+MAX_SYSTEM_PIXELS = 250_000
+
+
+def _steady_heat(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Steady state ``T = A (T + e)`` of Cellpose's diffusion for the given cells' pixels.
+
+    ``A`` averages the 3x3 neighbourhood counting other cells' pixels as 0 (absorbing borders);
+    ``e`` is 1 at each cell's centre. ``(I - A) T = A e`` is a sparse, diagonally dominant system.
+    """
+    import scipy.sparse as sparse
+    from scipy.sparse.linalg import spsolve
+
+    n = len(rows)
+    index = np.full(padded.shape, -1, np.int64)
+    index[rows, cols] = np.arange(n)
+    a_rows, a_cols = [], []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            nb = index[rows + dy, cols + dx]
+            ok = (nb >= 0) & (padded[rows + dy, cols + dx] == ids)
+            a_rows.append(np.flatnonzero(ok))
+            a_cols.append(nb[ok])
+    a_rows, a_cols = np.concatenate(a_rows), np.concatenate(a_cols)
+    a = sparse.csr_matrix((np.full(len(a_rows), 1.0 / 9.0), (a_rows, a_cols)), shape=(n, n))
+    source = np.zeros(n)
+    source[_centre_pixels(rows, cols, ids)] = 1.0
+    system = (sparse.identity(n, format="csr") - a).tocsc()
+    return np.asarray(spsolve(system, a @ source), dtype=np.float64)
+
+
+def _centre_pixels(rows: np.ndarray, cols: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Index (into ``rows``) of each cell's pixel nearest its mean position (as Cellpose)."""
+    uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    mean_r = np.round(np.bincount(inverse, rows) / counts)
+    mean_c = np.round(np.bincount(inverse, cols) / counts)
+    dist = (rows - mean_r[inverse]) ** 2 + (cols - mean_c[inverse]) ** 2
+    order = np.lexsort((dist, inverse))
+    first = np.searchsorted(inverse[order], np.arange(len(uniq)))
+    return order[first]
 
 
 def flow_targets(labels: np.ndarray) -> np.ndarray:
@@ -143,14 +219,20 @@ def reconstruct_instances(
 ) -> np.ndarray:
     """Instance labels (``uint32``) from ``(3, H, W)`` flows x5 + probability logits.
 
+    Cellpose's dynamics (``follow_flows`` + ``get_masks_torch``) group the pixels; the flow
+    quality control and hole filling follow ``cellpose.dynamics.compute_masks`` but use
+    :func:`instance_flows` (Cellpose's own flow computation takes seconds per image on a CPU).
+
     Args:
         output: network output (or targets converted to it) of one image.
         prob_threshold: cell probability (0..1) above which pixels are followed.
         flow_threshold: drop masks whose flows disagree with their shape's flows by more than
-            this (Cellpose's quality control); ``None`` or 0 keeps all.
+            this (mean squared error of unit flows); ``None`` or 0 keeps all.
         min_size: masks with fewer pixels are removed (holes are filled).
         niter: steps of the flow dynamics.
     """
+    import warnings
+
     import torch
 
     output = np.asarray(output, dtype=np.float32)
@@ -158,18 +240,45 @@ def reconstruct_instances(
         raise ValueError(f"expected a (3, H, W) Cellpose output, got shape {output.shape}")
     if not 0.0 < prob_threshold < 1.0:
         raise ValueError(f"prob_threshold must be in (0, 1), got {prob_threshold}")
+    shape = output.shape[1:]
+    inside = output[2] > _logit(prob_threshold)
+    if not inside.any():
+        return np.zeros(shape, np.uint32)
     dynamics = _dynamics()
-    masks = dynamics.compute_masks(
-        output[:2],
-        output[2],
-        niter=niter,
-        cellprob_threshold=_logit(prob_threshold),
-        flow_threshold=flow_threshold or 0.0,
-        min_size=min_size if min_size and min_size > 0 else -1,
-        max_size_fraction=MAX_SIZE_FRACTION,
-        device=torch.device("cpu"),
-    )
+    flows = output[:2] * inside / FLOW_SCALE
+    inds = np.nonzero(inside)
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        final = dynamics.follow_flows(flows, inds=inds, niter=niter, device=cpu)
+        masks = dynamics.get_masks_torch(
+            final.int(), inds, shape, max_size_fraction=MAX_SIZE_FRACTION
+        )
+    masks = np.asarray(masks).astype(np.int64)
+    if flow_threshold and masks.max() > 0:
+        masks = _remove_bad_flow_masks(masks, output[:2], flow_threshold)
+    if masks.max() > 0:
+        from cellpose.utils import fill_holes_and_remove_small_masks
+
+        masks = fill_holes_and_remove_small_masks(masks.astype(np.uint32), min_size=min_size or -1)
     return np.asarray(masks).astype(np.uint32)
+
+
+def _remove_bad_flow_masks(masks: np.ndarray, output_flows: np.ndarray, threshold: float) -> np.ndarray:
+    """Drop masks whose predicted flows differ from their own shape's flows (Cellpose's QC)."""
+    from cellsparse_app.labels import relabel_sequential
+
+    masks = relabel_sequential(masks.astype(np.int32))
+    ideal = instance_flows(masks)
+    err = ((ideal - output_flows / FLOW_SCALE) ** 2).sum(axis=0)
+    ids = masks.ravel()
+    n = int(ids.max())
+    mean_err = np.bincount(ids, err.ravel(), n + 1) / np.maximum(np.bincount(ids, minlength=n + 1), 1)
+    bad = np.flatnonzero(mean_err > threshold)
+    bad = bad[bad > 0]
+    if len(bad):
+        masks = np.where(np.isin(masks, bad), 0, masks)
+    return relabel_sequential(masks)
 
 
 class CellposeFamily(ModelFamily):

@@ -5,23 +5,27 @@ Used by default only when no SAM weights are available, so that clicking still g
 Prompt segmentation (:func:`segment_prompt`), in a window around the clicks (grown until the
 object fits) or inside the box:
 
-1. Otsu threshold of the smoothed window; the object is on the side of the threshold where the
-   positive click lies (bright nuclei in fluorescence, dark nuclei in H&E alike); with a box
-   only, the side of the box centre;
+1. Otsu threshold of the smoothed window, on the object's side (bright nuclei in fluorescence,
+   dark nuclei in H&E); a click on an object dimmer than the threshold lowers it to half way
+   between background and that object;
 2. the connected region holding the clicks (with a box only: the largest region in the box),
    holes filled;
 3. touching objects are split by a watershed of the distance transform seeded at its maxima and
    at the negative points; the basins holding the positive clicks form the split candidate.
 
 Candidates: the split basin(s) and the whole region, scored by solidity (cells are convex).
-Automatic masks (:func:`automatic_masks`): global Otsu threshold (objects = the minority side),
-the same distance-transform watershed, small objects removed.
+Polarity (bright or dark objects) is decided once per image: the background is the majority,
+so bright objects pull the mean above the median (:func:`bright_objects`).
+
+Automatic masks (:func:`automatic_masks`): global Otsu threshold, the same distance-transform
+watershed, small objects removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,9 +38,8 @@ logger = logging.getLogger(__name__)
 NAME = "fallback"
 #: Half-size of the first window around the clicks, and the largest one tried.
 START_HALF, MAX_HALF = 24, 384
-DEPTH = 0.1
-#: How far Otsu's threshold moves towards the background level (1: plain Otsu).
-ALPHA = 1.0
+#: Depth of the distance-transform maxima that seed the watershed (fraction of the largest).
+DEPTH = 0.15
 #: A region this convex is one object: not split further.
 CONVEX_ENOUGH = 0.93
 
@@ -60,13 +63,15 @@ class FallbackEngine:
 
     def __init__(self) -> None:
         self.encoder_calls = 0
+        self._count_lock = threading.Lock()
 
     def describe(self) -> str:
         return "fallback (classical threshold + watershed, not SAM)"
 
     def encode(self, rgb: np.ndarray) -> FallbackEmbedding:
         """Grey, lightly smoothed version of an ``(H, W, 3) uint8`` image."""
-        self.encoder_calls += 1
+        with self._count_lock:
+            self.encoder_calls += 1
         gray = ndi.gaussian_filter(rgb.astype(np.float32).mean(axis=-1) / 255.0, 1.0)
         return FallbackEmbedding(gray, bright_objects(gray))
 
@@ -204,9 +209,7 @@ def automatic_masks(embedding: FallbackEmbedding,
     if float(gray.max() - gray.min()) < 1e-6:
         return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
     threshold = _otsu(gray)
-    foreground = gray > threshold
-    if foreground.mean() > 0.5:  # objects are the minority side
-        foreground = ~foreground
+    foreground = gray > threshold if embedding.bright else gray < threshold
     min_area = max(int(cfg.min_mask_region_area), 9)
     foreground = remove_small_objects(ndi.binary_fill_holes(foreground), min_area)
     basins = _split(foreground, np.zeros((0, 2), dtype=int))
@@ -228,20 +231,15 @@ def _inside(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _object_threshold(sub: np.ndarray, level: float, bright: bool) -> float:
     """Threshold between background and an object whose intensity is ``level``.
 
-    Otsu's threshold moved part of the way towards the background level (annotators include
-    the dim rims of cells); for an object dimmer than Otsu's threshold (a faint nucleus next
-    to bright ones), half way between background and the object.
+    Otsu's threshold of the window; for an object dimmer than that (a faint nucleus next to
+    bright ones), half way between the background level and the object.
     """
     t = _otsu(sub)
-    if bright:
-        background = float(np.median(sub[sub <= t]))
-        if level <= t:
-            return 0.5 * (background + level)
-        return background + ALPHA * (t - background)
-    background = float(np.median(sub[sub >= t]))
-    if level >= t:
-        return 0.5 * (background + level)
-    return background - ALPHA * (background - t)
+    if bright and level <= t:
+        return 0.5 * (float(np.median(sub[sub <= t])) + level)
+    if not bright and level >= t:
+        return 0.5 * (float(np.median(sub[sub >= t])) + level)
+    return t
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -255,11 +253,6 @@ def _local_mean(image: np.ndarray, p: np.ndarray) -> float:
     return float(image[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean())
 
 
-def _centre_mean(image: np.ndarray) -> float:
-    h, w = image.shape
-    return float(image[h // 4:h - h // 4, w // 4:w - w // 4].mean())
-
-
 def _centre_max(image: np.ndarray) -> float:
     h, w = image.shape
     return float(np.percentile(image[h // 4:h - h // 4, w // 4:w - w // 4], 75))
@@ -268,12 +261,6 @@ def _centre_max(image: np.ndarray) -> float:
 def _centre_min(image: np.ndarray) -> float:
     h, w = image.shape
     return float(np.percentile(image[h // 4:h - h // 4, w // 4:w - w // 4], 25))
-
-
-def _border_mean(image: np.ndarray) -> float:
-    ring = np.ones(image.shape, dtype=bool)
-    ring[1:-1, 1:-1] = False
-    return float(image[ring].mean())
 
 
 def _region_at(regions: np.ndarray, p: np.ndarray, radius: int = 3) -> int:

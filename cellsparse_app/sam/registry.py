@@ -62,6 +62,10 @@ class BackendSpec:
         return self.module is None or importlib.util.find_spec(self.module) is not None
 
 
+class BackendUnavailableError(RuntimeError):
+    """The Python package of a backend is not installed; the message names it."""
+
+
 _BACKENDS: dict[str, BackendSpec] = {}
 
 
@@ -110,12 +114,12 @@ def import_backend_module(spec: BackendSpec) -> Any:
     """Import the backend's ``build_sam`` module (with the torchvision shim first).
 
     Raises:
-        RuntimeError: the package is not installed (names the pip package).
+        BackendUnavailableError: the package is not installed (names the pip package).
     """
     if spec.module is None:
         raise ValueError(f"backend {spec.name!r} has no network")
     if not spec.is_installed():
-        raise RuntimeError(
+        raise BackendUnavailableError(
             f"SAM backend {spec.name!r} needs the Python package {spec.package!r}: "
             f"pip install {spec.package} (or pip install 'cellsparse-app[sam]')"
         )

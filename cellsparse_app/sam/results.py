@@ -112,20 +112,25 @@ def paint_masks(
     *,
     min_area: int = 0,
     min_visible_fraction: float = 0.0,
-) -> np.ndarray:
+    return_index: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Resolve overlapping masks into one ``int32`` instance image (0 = no object).
 
     Larger masks are painted first so a smaller mask lying on a larger one (a cell on a cluster
     or on "the background") stays whole; at equal area the higher score is painted last. A mask
     keeping less than ``min_visible_fraction`` of its area, or fewer than ``min_area`` pixels,
     is dropped (its pixels go to 0). Ids are 1..N in painting order.
+
+    Returns:
+        The label image; with ``return_index``, also ``index`` such that label ``i + 1`` comes
+        from ``masks[index[i]]``.
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (M, H, W), got shape {masks.shape}")
     out = np.zeros(masks.shape[1:], dtype=lbl.LABEL_DTYPE)
     if len(masks) == 0:
-        return out
+        return (out, np.zeros(0, dtype=np.int64)) if return_index else out
     scores = np.zeros(len(masks)) if scores is None else np.asarray(scores, dtype=np.float64)
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     order = np.lexsort((scores, -areas))  # descending area, then ascending score
@@ -138,4 +143,7 @@ def paint_masks(
         keep[i] = (visible > 0 and visible >= min_area
                    and visible >= min_visible_fraction * max(int(areas[k]), 1))
     out[~keep[out]] = 0
-    return lbl.relabel_sequential(out)
+    out = lbl.relabel_sequential(out)
+    if return_index:
+        return out, order[keep[1:]]
+    return out

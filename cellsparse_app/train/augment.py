@@ -140,7 +140,7 @@ def warp_patches(
             win_near.append(window[nearest_t])
         linear.append(np.concatenate(win_lin))
         nearest.append(np.concatenate(win_near))
-        d = np.arange(patch_size, dtype=np.float64) - (patch_size - 1) / 2
+        d = np.arange(patch_size, dtype=np.float64) - patch_size // 2
         dr, dc = np.meshgrid(d, d, indexing="ij")
         src_r = centre[0] - origin[0] + m[0, 0] * dr + m[0, 1] * dc
         src_c = centre[1] - origin[1] + m[1, 0] * dr + m[1, 1] * dc

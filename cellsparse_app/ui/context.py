@@ -74,8 +74,8 @@ class AppContext:
                 self._annotator = create_annotator(self.settings.sam_model)
             return self._annotator
 
-    def sam_description(self) -> str:
-        """Which SAM backend answers clicks, in words (loads it)."""
+    def sam_description(self) -> tuple[str, str | None]:
+        """Which SAM backend answers clicks and, for the fallback, why (loads it)."""
         from cellsparse_app.prompting import describe_annotator
 
         return describe_annotator(self.annotator())

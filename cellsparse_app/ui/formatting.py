@@ -48,6 +48,15 @@ def summary_markdown(summary: AnnotationSummary, totals: dict[str, int] | None =
     return text
 
 
+def sam_markdown(headline: str, notice: str | None) -> str:
+    """The header line naming the SAM backend; the fallback's explanation folds away."""
+    text = f"**Segment Anything:** {html.escape(headline)}"
+    if notice:
+        text += (f" <details><summary>Why not SAM, and how to get it</summary>"
+                 f"{html.escape(notice)}</details>")
+    return text
+
+
 def status_markdown(message: str) -> str:
     return f"ⓘ {html.escape(message)}" if message else ""
 

@@ -61,11 +61,12 @@ def start_session(ctx: AppContext) -> tuple[Workspace, str]:
     """A new browser session: its workspace and the SAM backend line."""
     ws = ctx.new_workspace()
     try:
-        sam = ctx.sam_description()
+        headline, notice = ctx.sam_description()
     except Exception as exc:  # SAM is optional for everything but clicking; say why it is off
         logger.exception("SAM engine unavailable")
-        sam = f"SAM unavailable ({type(exc).__name__}: {exc}); clicks will fail, brush works"
-    return ws, f"**Segment Anything:** {sam}"
+        headline = f"unavailable ({type(exc).__name__}: {exc}); use boxes and the brush"
+        notice = None
+    return ws, fmt.sam_markdown(headline, notice)
 
 
 @friendly

@@ -35,7 +35,7 @@ def tc_target(tmp_path_factory):
     root = tmp_path_factory.mktemp("api-tc")
     _victim(root)
     settings = ServerSettings(data_dir=root / "data", max_body_bytes=8 * MB, mount_ui=False,
-                              sam_random_init=True)
+                              sam_random_init=True, sam_encoder="torch")
     with TestClient(create_app(settings)) as client:
         yield client, root
 
@@ -47,7 +47,8 @@ def live_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("api-live")
     _victim(root)
-    server = LiveServer(root, env={"CELLSPARSE_SAM_RANDOM_INIT": "1"})
+    server = LiveServer(root, env={"CELLSPARSE_SAM_RANDOM_INIT": "1",
+                                      "CELLSPARSE_SAM_ENCODER": "torch"})
     yield server
     server.stop()
 

@@ -109,15 +109,20 @@ def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
     assert not (root / "data" / "models" / "cellpose" / "jobs").exists()
 
 
-@pytest.mark.parametrize("sam_type", ["fallback", "vit_t"])
-def test_sam_prompts(target, real_sample, sam_type):
-    client, _ = target
+def _sam_view(real_sample):
+    """A 128x128 RGB view of the real image (what QuPath sends) and a point on a nucleus."""
     image = gray(real_sample.image).astype(np.uint8)[:128, :128]
-    rgb = np.stack([image] * 3, -1)
     ys, xs = np.nonzero(real_sample.mask[:128, :128] > 0)
-    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
-    # qupath-extension-sam point prompt: background first, then foreground, ints
-    body = {"type": sam_type, "bbox": None, "b64img": b64png(rgb), "b64mask": None,
+    return np.stack([image] * 3, -1), int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+
+
+@pytest.mark.parametrize("sam_type", ["fallback", "vit_t"])
+def test_sam_prompts_and_automask(target, real_sample, sam_type):
+    client, _ = target
+    rgb, x, y = _sam_view(real_sample)
+    b64 = b64png(rgb)  # one image: SAM encodes it once, later requests reuse the embedding
+    # qupath-extension-sam point prompt: background points first, then foreground, ints
+    body = {"type": sam_type, "bbox": None, "b64img": b64, "b64mask": None,
             "point_coords": [[2, 2], [x, y]], "point_labels": [0, 1], "multimask_output": False,
             "checkpoint_url": None}
     r = client.post("/sam/", json=body)
@@ -126,33 +131,40 @@ def test_sam_prompts(target, real_sample, sam_type):
     assert len(feats) == 1
     _check_features(feats, rgb.shape, sam=True)
     assert feats[0]["properties"]["sam_model"].startswith(sam_type)
-    # box prompt with multimask output
-    box = {"type": sam_type, "b64img": b64png(rgb), "bbox": [x - 10, y - 10, x + 10, y + 10],
+    if sam_type == "fallback":  # a real segmenter: the clicked nucleus is inside its outline
+        from cellsparse_app.polygons import polygon_to_mask
+
+        ring = np.asarray(feats[0]["geometry"]["coordinates"][0])
+        assert polygon_to_mask(ring, rgb.shape[:2])[y, x]
+    # box prompt (QuPath rounds the far corner up to the region edge) with multimask output
+    box = {"type": sam_type, "b64img": b64, "bbox": [x - 10, y - 10, 128, 128],
            "multimask_output": True}
     r = client.post("/sam/", json=box)
     assert r.status_code == 200, r.text[:500]
-    _check_features(r.json(), rgb.shape, sam=True)
     assert len(r.json()) >= 1
-    # 16-bit gray input is accepted
-    r = client.post("/sam/", json={**body, "b64img": b64png(image.astype(np.uint16) * 200)})
+    _check_features(r.json(), rgb.shape, sam=True)
+    # automatic masks (samapi body as qupath-extension-sam sends it)
+    auto = {"type": sam_type, "b64img": b64, "points_per_side": 4, "points_per_batch": 64,
+            "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "stability_score_offset": 1.0,
+            "box_nms_thresh": 0.2, "crop_n_layers": 0, "crop_nms_thresh": 0.7,
+            "crop_overlap_ratio": 512 / 1500, "crop_n_points_downscale_factor": 1,
+            "min_mask_region_area": 0, "output_type": "Multi-mask (smallest)",
+            "include_image_edge": False}
+    r = client.post("/sam/automask/", json=auto)
     assert r.status_code == 200, r.text[:500]
-
-
-@pytest.mark.parametrize("sam_type", ["fallback", "vit_t"])
-def test_sam_automask(target, real_sample, sam_type):
-    client, _ = target
-    image = gray(real_sample.image).astype(np.uint8)[:128, :128]
-    body = {"type": sam_type, "b64img": b64png(np.stack([image] * 3, -1)), "points_per_side": 8,
-            "points_per_batch": 64, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-            "stability_score_offset": 1.0, "box_nms_thresh": 0.2, "crop_n_layers": 0,
-            "crop_nms_thresh": 0.7, "crop_overlap_ratio": 512 / 1500,
-            "crop_n_points_downscale_factor": 1, "min_mask_region_area": 0,
-            "output_type": "Multi-mask (smallest)", "include_image_edge": False}
-    r = client.post("/sam/automask/", json=body)
-    assert r.status_code == 200, r.text[:500]
-    _check_features(r.json(), image.shape, sam=True)
+    _check_features(r.json(), rgb.shape, sam=True)
     if sam_type == "fallback":
-        assert len(r.json()) > 0
+        assert len(r.json()) >= 3  # several nuclei in the view
+
+
+def test_sam_16bit_gray_input(target, real_sample):
+    client, _ = target
+    _, x, y = _sam_view(real_sample)
+    image16 = gray(real_sample.image).astype(np.uint16)[:128, :128] * 250
+    r = client.post("/sam/", json={"type": "fallback", "b64img": b64png(image16),
+                                   "point_coords": [[x, y]], "point_labels": [1]})
+    assert r.status_code == 200, r.text[:500]
+    _check_features(r.json(), image16.shape, sam=True)
 
 
 def test_sam_version_weights_progress_cancel(target):

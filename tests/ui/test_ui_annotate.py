@@ -69,7 +69,7 @@ def test_background_box_select_delete_undo(example_ws, example_truth, inner_poin
     labels = ws.project.labels(ws.current)
     assert (labels[:100, :200] >= 0).all()  # all annotated inside the box
     assert int((labels == 0).sum()) == int((labels[:100, :200] == 0).sum()) > 0
-    assert "% Background" in out[SUMMARY]
+    assert "%** Background" in out[SUMMARY]
     blue = out[CANVAS][labels == 0]
     assert (blue[:, 2].astype(int) > blue[:, 0].astype(int) + 30).all()
     # Select the cell on the canvas, delete it, undo.

@@ -1,0 +1,203 @@
+"""The SAM engine seen through samapi's eyes: model ``type`` + ``checkpoint_url`` -> annotator,
+weights listing/registration with download progress and cancel.
+
+Everything heavy is the SAM engine's (:mod:`cellsparse_app.sam`); this adapter only translates
+samapi's vocabulary: ``(x, y)`` prompts, URLs instead of weights names, ``{message, percent}``
+progress. URLs always go through the engine's download policy (https, allowlisted hosts, no
+private addresses, checked redirects) *before* anything else happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from cellsparse_app.api.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_REFUSALS = ("refused", "allowlist", "only https", "not allowed", "non-public")
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether a download error is the policy refusing a URL (vs. the network failing)."""
+    return any(word in str(exc) for word in _REFUSALS)
+
+
+class SamService:
+    """samapi operations on top of an :class:`~cellsparse_app.sam.AnnotatorPool`.
+
+    Args:
+        settings: server settings (data dir for the weights cache, random-init switch, limits).
+        policy: which URLs may be downloaded (default: the engine's allowlist policy).
+    """
+
+    def __init__(self, settings: ServerSettings, policy: Any = None) -> None:
+        from cellsparse_app.sam import AnnotatorPool, DownloadPolicy, SamConfig, WeightsManager
+
+        self.settings = settings
+        self.policy = policy or DownloadPolicy()
+        # Weights (and ONNX exports) live in the data dir: nothing is written anywhere else.
+        self.weights = WeightsManager(settings.data_dir / "weights", policy=self.policy)
+        base = SamConfig.from_env()
+        if settings.sam_encoder:
+            base = base.replace(encoder_engine=settings.sam_encoder)
+        if settings.sam_random_init:
+            base = base.replace(checkpoint=None, download=False, random_weights=True)
+        self.pool = AnnotatorPool(base, weights=self.weights)
+        self._compute = threading.BoundedSemaphore(settings.sam_concurrency)
+        self._last_download: str | None = None
+
+    # -- models ------------------------------------------------------------------------------
+    def check_type(self, model_type: str) -> str:
+        """``model_type`` if it is a backend of the engine (ValueError listing them otherwise)."""
+        from cellsparse_app.sam import get_backend
+
+        get_backend(model_type)
+        return model_type
+
+    def check_url(self, url: str) -> str:
+        """``url`` if the download policy accepts it (ValueError naming the rule otherwise)."""
+        from cellsparse_app.sam import DownloadError
+
+        try:
+            return self.policy.check_url(url, resolve=False)
+        except DownloadError as exc:
+            raise ValueError(f"checkpoint URL refused: {exc}") from None
+
+    def annotator(self, model_type: str, checkpoint_url: str | None = None) -> Any:
+        """The shared annotator for ``model_type`` and, if given, the weights at ``checkpoint_url``.
+
+        An allowlisted URL that no registered weights use is registered under a name derived
+        from its file name (samapi downloads such URLs too).
+        """
+        self.check_type(model_type)
+        if checkpoint_url:
+            self.check_url(checkpoint_url)
+        weights = None
+        if checkpoint_url and not self.settings.sam_random_init:
+            from cellsparse_app.sam import get_backend
+
+            if get_backend(model_type).needs_weights:
+                weights = self._weights_for_url(model_type, checkpoint_url)
+        return self.pool.get(model_type, weights)
+
+    def _weights_for_url(self, model_type: str, url: str) -> str | None:
+        for spec in self.weights.specs(model_type):
+            if spec.url == url:
+                return None if spec.official else spec.name
+        stem = url.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        name = _NAME_CHARS.sub("-", stem).strip("-._")[:48] or "weights"
+        return self.weights.register(f"{model_type}-{name}", model_type, url).name
+
+    # -- prompts -----------------------------------------------------------------------------
+    def segment(self, image: np.ndarray, model_type: str, *, points_xy: Sequence, point_labels:
+                Sequence[int], bbox_xyxy: Sequence[int] | None, mask_input: np.ndarray | None,
+                multimask: bool, checkpoint_url: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Masks for samapi prompts: ``(masks bool (M, H, W), scores (M,), model name)``.
+
+        ``multimask`` gives SAM's three candidates (the client picks one), else the single mask.
+        """
+        from cellsparse_app.sam import Prompt
+
+        annotator = self.annotator(model_type, checkpoint_url)
+        h, w = image.shape[:2]
+        box = None
+        if bbox_xyxy is not None:
+            x0, y0, x1, y1 = (float(v) for v in bbox_xyxy)
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(f"empty bbox {list(bbox_xyxy)}: need x1 < x2 and y1 < y2")
+            if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
+                raise ValueError(f"bbox {list(bbox_xyxy)} is outside the {w}x{h} image")
+            # QuPath rounds the far corner up to the region edge (x2 == width): clip, don't fail.
+            box = [max(0.0, x0), max(0.0, y0), min(x1, w - 1.0), min(y1, h - 1.0)]
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, dtype=np.float32)
+        prompt = Prompt.from_xy(image.shape, points_xy or None, point_labels or None, box,
+                                mask_input)
+        with self._compute:
+            result = annotator.segment(image, prompt, "all" if multimask else "single")
+        return result.masks, result.scores, result.model
+
+    def automask(self, image: np.ndarray, model_type: str, params: dict[str, Any],
+                 checkpoint_url: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """All objects: ``(masks bool (N, H, W), scores (N,), model name)``.
+
+        ``params`` are samapi's generator fields; those of
+        :class:`~cellsparse_app.sam.AutoMaskConfig` are used. Overlaps are always resolved (one
+        object per pixel), whatever ``output_type`` says.
+        """
+        from cellsparse_app.sam import AutoMaskConfig
+
+        annotator = self.annotator(model_type, checkpoint_url)
+        names = {f.name for f in dataclasses.fields(AutoMaskConfig)}
+        cfg = AutoMaskConfig(**{k: v for k, v in params.items() if k in names and v is not None})
+        with self._compute:
+            result = annotator.generate(image, cfg)
+        return result.masks(), result.scores, result.model
+
+    # -- weights -----------------------------------------------------------------------------
+    def list_weights(self, model_type: str | None) -> list[dict[str, Any]]:
+        """samapi's ``[{type, name, url}]`` (plus ``downloaded``), for one type or all."""
+        if model_type is not None:
+            self.check_type(model_type)
+        return [
+            {"type": s.model_type, "name": s.name, "url": s.url,
+             "downloaded": self.weights.is_available(s.name)}
+            for s in self.weights.specs(model_type)
+        ]
+
+    def register_weights(self, model_type: str, name: str, url: str) -> str:
+        """Register and download weights (blocking); samapi's plain-text messages."""
+        from cellsparse_app.sam import DownloadCancelled, DownloadError, get_backend
+
+        self.check_type(model_type)
+        self.check_url(url)
+        if not get_backend(model_type).needs_weights:
+            raise ValueError(f"model type {model_type!r} takes no weights")
+        for spec in self.weights.specs():
+            if spec.name == name:
+                return f"Model file with the name '{name}' already exists. Skip registration."
+            if spec.url == url and spec.model_type == model_type:
+                return f"Model file with the url '{url}' already exists. Skip registration."
+        self.weights.register(name, model_type, url)
+        self._last_download = name
+        try:
+            self.weights.download(name)
+        except DownloadCancelled:
+            self.weights.unregister(name)
+            return f"Cancelled to register {name} ({url})."
+        except DownloadError as exc:
+            self.weights.unregister(name)
+            if _refused(exc):  # the URL led somewhere the policy forbids: the client's fault
+                raise ValueError(f"could not register {url}: {exc}") from None
+            from fastapi import HTTPException
+
+            raise HTTPException(502, f"could not download {url}: {exc}") from None
+        return f"{name} ({url}) is registered."
+
+    def progress(self) -> dict[str, Any]:
+        """samapi's ``{"message", "percent"}`` for the current (or last) weights download."""
+        statuses = self.weights.statuses()
+        running = [s for s in statuses if s.state == "running"]
+        status = running[0] if running else next(
+            (s for s in statuses if s.name == self._last_download), None)
+        if status is None:
+            return {"message": None, "percent": -1}
+        fraction = status.fraction
+        percent = int(100 * fraction) if fraction is not None else -1
+        total = f"/{status.total_bytes / 1e6:.1f}" if status.total_bytes else ""
+        message = f"{status.name}: {status.state} {status.done_bytes / 1e6:.1f}{total} MB"
+        if status.error:
+            message += f" ({status.error})"
+        return {"message": message, "percent": percent}
+
+    def cancel_download(self) -> bool:
+        """Cancel running downloads; True if one was running."""
+        return self.weights.cancel(None)
