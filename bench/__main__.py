@@ -1,8 +1,8 @@
 """Run benchmarks: ``python -m bench [NAME ...] [--quick] [bench options]``.
 
 Each benchmark is a module ``bench/<name>.py`` with ``main(argv) -> int``. With no name, every
-available benchmark runs in turn (with ``--quick`` passed on if given); with a name, the remaining
-arguments go to that benchmark (``python -m bench sparse --help``).
+available benchmark except the explicit-only ones runs in turn (options such as ``--quick`` passed
+on); with a name, the remaining arguments go to that benchmark (``python -m bench sparse --help``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Sequence
 BENCHES: dict[str, str] = {
     "sparse": "sparse annotation vs dense and naive partial training on real data (Sugawara 2023)",
     "sam": "SAM prompt latency and mask quality",
+    "api_load": "REST API latency: concurrent SAM clicks while a model trains",
 }
+#: Run only when named (they start servers or need options of their own).
+EXPLICIT_ONLY: frozenset[str] = frozenset({"api_load"})
 
 
 def _load(name: str):
@@ -47,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     status = 0
     for name in BENCHES:
+        if name in EXPLICIT_ONLY:
+            print(f"## {name}: run it with `python -m bench {name}`\n")
+            continue
         module = _load(name)
         if module is None:
             print(f"## {name}: skipped (bench/{name}.py not available)\n")

@@ -39,7 +39,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines = [
         "# Sparse-annotation benchmark (Sugawara 2023 conditions)",
         "",
-        f"{len(settings['seeds'])} seed(s) {list(settings['seeds'])}, {settings['seconds']:g} s of "
+        f"{len(settings['seeds'])} seed(s) {list(settings['seeds'])}, {_budget(settings)} of "
         f"training per run, {settings['n_train']} training / up to {settings['n_test']} held-out "
         f"test images per data set; machine: {platform.machine()}, {_cpus()} CPU(s), device "
         f"{settings['device']}. AP pooled over test images, mean ± std over seeds. Background = "
@@ -91,6 +91,11 @@ def summary_lines(agg: list[dict[str, Any]]) -> list[str]:
                 )
             out.append(" ".join(parts))
     return out
+
+
+def _budget(settings: dict[str, Any]) -> str:
+    steps = settings.get("steps")
+    return f"{steps} steps" if steps else f"{settings['seconds']:g} s"
 
 
 def _k_order(k: str) -> tuple[int, float]:

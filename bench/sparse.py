@@ -52,6 +52,7 @@ class BenchSettings:
     modes: tuple[str, ...] = tuple(MODES)
     seeds: tuple[int, ...] = (0, 1, 2)
     seconds: float = 30.0  # training budget per run
+    steps: int | None = None  # fixed step count instead (AP independent of machine load)
     n_train: int = 8
     n_test: int = 16
     reference_seconds: float = 15.0
@@ -79,6 +80,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     p.add_argument("--modes", help=f"comma-separated from {','.join(MODES)}")
     p.add_argument("--seeds", help="comma-separated seeds")
     p.add_argument("--seconds", type=float, help="training time budget per run")
+    p.add_argument("--steps", type=int,
+                   help="train a fixed number of steps instead of --seconds (AP then does not "
+                        "depend on how busy the machine is)")
     p.add_argument("--n-train", type=int, help="training images per data set")
     p.add_argument("--n-test", type=int, help="held-out test images per data set")
     p.add_argument("--reference-seconds", type=float, help="timed part of the fp32 reference loop")
@@ -90,7 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
             overrides[key] = tuple(v.strip() for v in getattr(a, key).split(",") if v.strip())
     if a.seeds:
         overrides["seeds"] = tuple(int(s) for s in a.seeds.split(","))
-    for key in ("seconds", "n_train", "n_test", "reference_seconds", "device"):
+    for key in ("seconds", "steps", "n_train", "n_test", "reference_seconds", "device"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
     settings = BenchSettings.quick(**overrides) if a.quick else BenchSettings(**overrides)
@@ -165,8 +169,11 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
             for cond in settings.conditions():
                 for seed in settings.seeds:
                     labels = training_labels(masks, cond, seed)
-                    cfg = TrainConfig(family=family, steps=None, max_seconds=settings.seconds,
-                                      seed=seed, device=settings.device)
+                    cfg = TrainConfig(
+                        family=family, steps=settings.steps,
+                        max_seconds=None if settings.steps else settings.seconds,
+                        seed=seed, device=settings.device,
+                    )
                     row = {"dataset": ds, "family": family, "k": cond.k, "mode": cond.mode,
                            "condition": cond.name, "seed": seed,
                            "annotated": int(sum(int(lab.max()) for lab in labels))}
@@ -213,8 +220,10 @@ def _reference(family, images, last, settings) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = parse_args(argv)
-    print(f"sparse benchmark: {settings.runs()} training runs of {settings.seconds:g} s "
-          f"(~{settings.runs() * (settings.seconds + 5) / 60:.0f} min)", flush=True)
+    budget = f"{settings.steps} steps" if settings.steps else f"{settings.seconds:g} s"
+    minutes = settings.runs() * (settings.seconds + 5) / 60
+    estimate = "" if settings.steps else f" (~{minutes:.0f} min)"
+    print(f"sparse benchmark: {settings.runs()} training runs of {budget}{estimate}", flush=True)
     result = run(settings, log=lambda m: print(m, flush=True))
     report = markdown_report(result)
     print("\n" + report)

@@ -80,6 +80,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    from cellsparse_app.io import read_image, write_labels
+    from cellsparse_app.sam import AutoMaskConfig, RenderConfig, SamAnnotator, SamConfig
+
+    overrides = {"device": args.device}
+    if args.sam_model:
+        overrides["model_type"] = args.sam_model
+    if args.sam_checkpoint:
+        overrides["checkpoint"] = args.sam_checkpoint
+    if args.offline:
+        overrides["download"] = False
+    cfg = SamConfig.from_env().replace(**overrides)
+    auto = AutoMaskConfig(points_per_side=args.points_per_side,
+                          pred_iou_thresh=args.pred_iou_thresh,
+                          stability_score_thresh=args.stability_score_thresh,
+                          min_mask_region_area=args.min_area)
+    channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
+    annotator = SamAnnotator(cfg, render=RenderConfig(channels=channels)).load()
+    print(f"masks from {annotator.describe()}", flush=True)
+    out_dir = Path(args.out)
+    for path in args.images:
+        labels = annotator.generate_masks(read_image(path), auto)
+        dest = write_labels(out_dir / f"{Path(path).stem}.tif", labels)
+        print(f"{path}: {int(labels.max())} objects -> {dest}", flush=True)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cellsparse_app.api.server import serve
 
@@ -120,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", nargs="+", required=True)
     p.add_argument("--pred", nargs="+", required=True)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("annotate", help="automatic SAM masks -> instance label TIFFs")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True, help="output directory for <stem>.tif label images")
+    p.add_argument("--sam-model", default=None,
+                   help="vit_t (MobileSAM, default), vit_b, vit_l, vit_h or fallback "
+                        "(env CELLSPARSE_SAM_MODEL)")
+    p.add_argument("--sam-checkpoint", default=None,
+                   help="local SAM checkpoint file (env CELLSPARSE_SAM_CHECKPOINT)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--channels", default=None, help="channels shown to SAM, e.g. 0 or 1,0")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
+    p.add_argument("--min-area", type=int, default=0, help="smallest object kept (pixels)")
+    p.set_defaults(func=_annotate)
 
     p = sub.add_parser("serve", help="REST API + web UI in one process")
     p.add_argument("--host", default="127.0.0.1")

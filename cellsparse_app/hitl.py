@@ -152,7 +152,7 @@ def _save_round(project, model, cfg, parent, history, start, totals) -> RoundRec
     record = RoundRecord(
         index=project.next_round_index(), family=cfg.family, parent=parent,
         steps=int(history[-1]["step"]), seconds=round(time.monotonic() - start, 2),
-        final_loss=float(np.mean([h["loss"] for h in history[-10:]])),
+        final_loss=float(history[-1]["loss"]),  # the engine's mean over its last report
         cancelled=bool(meta.get("cancelled", False)), n_objects=totals["n_objects"],
         background_px=totals["background_px"], history=history[::step],
     )
@@ -317,6 +317,13 @@ def family_choices() -> list[tuple[str, str]]:
     from cellsparse_app.models.base import get_family, list_families
 
     return [(getattr(get_family(n), "title", n), n) for n in list_families()]
+
+
+def default_device() -> str:
+    """``"cuda"`` or ``"cpu"``: where ``device="auto"`` trains."""
+    from cellsparse_app.device import resolve_device
+
+    return resolve_device("auto").type
 
 
 def describe_device() -> str:

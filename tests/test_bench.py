@@ -97,6 +97,7 @@ def test_settings_and_arguments():
     full = parse_args(["--families", "cellpose,stardist", "--seeds", "0,1", "--ks", "1,5%"])
     assert full.families == ("cellpose", "stardist") and full.seeds == (0, 1)
     assert full.ks == ("1", "5%") and full.runs() == 2 * 2 * 2 * 3 * 2
+    assert parse_args(["--quick", "--steps", "50"]).steps == 50
     default = BenchSettings()
     assert default.runs() * (default.seconds + 10) < 75 * 60  # the full grid fits about an hour
     with pytest.raises(ValueError, match="k must be"):

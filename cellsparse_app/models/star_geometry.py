@@ -108,6 +108,13 @@ def distances_to_polygons(points: np.ndarray, distances: np.ndarray) -> np.ndarr
     return points[:, None, :] + distances[:, :, None] * offsets[None]
 
 
+def star_polygon_areas(distances: np.ndarray) -> np.ndarray:
+    """Areas ``(N,)`` of star-convex polygons given by ray lengths ``(N, n_rays)``."""
+    distances = np.asarray(distances, np.float64)
+    n_rays = distances.shape[-1]
+    return 0.5 * np.sin(2 * np.pi / n_rays) * np.sum(distances * np.roll(distances, -1, -1), -1)
+
+
 def polygon_nms(
     points: np.ndarray,
     distances: np.ndarray,
@@ -118,13 +125,14 @@ def polygon_nms(
 
     A candidate is dropped when ``area(intersection) / min(area_i, area_j) > threshold`` with an
     already kept polygon (``stardist``'s criterion). Intersections are measured by quadrature:
-    each candidate is a fan of triangles around its centre, each triangle is sampled at
-    sub-triangle centroids, and the samples are tested exactly against the kept polygon (a point
-    is inside a star-convex polygon iff it is inside the fan triangle its angle falls in). A coarse
-    pass (4 samples per triangle, error < ~0.1 of the smaller area) decides most pairs; those
-    within :data:`_REFINE_MARGIN` of the threshold are measured again with 16 samples per triangle
-    (error ~0.01). Vectorised, this is ~100x faster than exact polygon clipping. Only candidates
-    still alive whose bounding boxes overlap the kept polygon are tested.
+    the smaller polygon of a pair is a fan of triangles around its centre, each triangle is
+    sampled at sub-triangle centroids, and the samples are tested exactly against the other
+    polygon (a point is inside a star-convex polygon iff it is inside the fan triangle its angle
+    falls in). A coarse pass (each triangle's centroid; error < 0.25 of the smaller area even for
+    spiky polygons) decides most pairs; those within :data:`_REFINE_MARGIN` of the threshold are
+    measured again with 9 samples per triangle (error < ~0.05). Vectorised, this is far faster
+    than exact polygon clipping in Python. Only candidates still alive whose bounding boxes
+    overlap the kept polygon are tested, found through a sort by row.
 
     Args:
         points: ``(N, 2)`` polygon centres (row, col).
@@ -150,6 +158,12 @@ def polygon_nms(
         return np.zeros(0, np.intp)
     order = np.argsort(-scores, kind="stable")
     fans = _Fans(points[order], distances[order])
+    # Neighbour search: candidates sorted by centre row; a polygon can only touch polygons whose
+    # centres are within its own radius plus the largest radius, rows-wise.
+    by_row = np.argsort(fans.points[:, 0], kind="stable")
+    rows_sorted = fans.points[by_row, 0]
+    radius = fans.dist.max(axis=1)
+    reach = radius.max()
     alive = np.ones(n, bool)
     kept = []
     for i in range(n):
@@ -157,10 +171,16 @@ def polygon_nms(
             continue
         kept.append(i)
         alive[i] = False
-        later = np.flatnonzero(alive[i + 1 :]) + i + 1
-        if later.size == 0:
-            break
-        touch = later[np.all((fans.lo[later] <= fans.hi[i]) & (fans.hi[later] >= fans.lo[i]), axis=1)]
+        row = fans.points[i, 0]
+        lo = np.searchsorted(rows_sorted, row - radius[i] - reach, "left")
+        hi = np.searchsorted(rows_sorted, row + radius[i] + reach, "right")
+        near = by_row[lo:hi]
+        near = near[alive[near]]
+        if near.size == 0:
+            continue
+        touch = near[
+            np.all((fans.lo[near] <= fans.hi[i]) & (fans.hi[near] >= fans.lo[i]), axis=1)
+        ]
         if touch.size == 0:
             continue
         overlap = fans.overlap(i, touch, coarse=True)
@@ -172,7 +192,7 @@ def polygon_nms(
 
 
 #: Coarse overlaps this close to the NMS threshold are measured again, finely.
-_REFINE_MARGIN = 0.12
+_REFINE_MARGIN = 0.3
 
 
 class _Fans:
@@ -189,7 +209,7 @@ class _Fans:
         self.area = self.tri_area.sum(axis=1)
         verts = points[:, None] + distances[..., None] * self.unit
         self.lo, self.hi = verts.min(axis=1), verts.max(axis=1)  # bounding boxes (N, 2)
-        self.bary = {True: _subtriangle_centroids(2), False: _subtriangle_centroids(4)}
+        self.bary = {True: _subtriangle_centroids(1), False: _subtriangle_centroids(3)}
 
     def overlap(self, i: int, others: np.ndarray, coarse: bool) -> np.ndarray:
         """``area(i & j) / min(area_i, area_j)`` for each ``j`` in ``others``.
@@ -218,15 +238,16 @@ class _Fans:
         n_rays = self.dist.shape[1]
         vr = samples[..., 0] - self.points[polygons, 0, None]
         vc = samples[..., 1] - self.points[polygons, 1, None]
-        k = np.mod(np.floor(np.arctan2(vr, vc) * (n_rays / (2 * np.pi))).astype(np.intp), n_rays)
+        k = np.floor(np.arctan2(vr, vc) * (n_rays / (2 * np.pi))).astype(np.intp) % n_rays
+        flat = (k + (np.arange(polygons.size) * n_rays)[:, None]).ravel()  # (T*M,) into (T*n_rays)
         a = self.dist[polygons][..., None] * self.unit  # (T, n_rays, 2)
-        edge = self.next_dist[polygons][..., None] * self.next_unit - a
+        edge = (self.next_dist[polygons][..., None] * self.next_unit - a).reshape(-1, 2)
+        a = a.reshape(-1, 2)
         # Inside the fan triangle (centre, a, b) iff on the centre's side of the edge a -> b.
-        side_centre = edge[..., 1] * a[..., 0] - edge[..., 0] * a[..., 1]  # (T, n_rays)
-        ar, ac = np.take_along_axis(a[..., 0], k, 1), np.take_along_axis(a[..., 1], k, 1)
-        er, ec = np.take_along_axis(edge[..., 0], k, 1), np.take_along_axis(edge[..., 1], k, 1)
-        side = er * (vc - ac) - ec * (vr - ar)
-        return side * np.take_along_axis(side_centre, k, 1) >= 0
+        side_centre = edge[:, 1] * a[:, 0] - edge[:, 0] * a[:, 1]
+        a, edge, side_centre = a[flat], edge[flat], side_centre[flat]
+        side = edge[:, 0] * (vc.ravel() - a[:, 1]) - edge[:, 1] * (vr.ravel() - a[:, 0])
+        return (side * side_centre >= 0).reshape(vr.shape)
 
 
 def _subtriangle_centroids(q: int) -> np.ndarray:

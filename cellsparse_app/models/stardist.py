@@ -33,6 +33,7 @@ from cellsparse_app.models.star_geometry import (
     polygon_nms,
     polygons_to_labels,
     star_distances,
+    star_polygon_areas,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: Beyond this many candidates only the most probable are kept for NMS (an untrained network
 #: can mark the whole image as object; NMS cost grows with the candidate count).
 MAX_CANDIDATES = 50_000
+#: Candidate polygons with a smaller area (pixels) are dropped before NMS.
+MIN_POLYGON_AREA = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,18 +189,23 @@ class StarDistFamily(ModelFamily):
         min_size = int(_setting(predict_cfg, "min_size", 0))
         shape = output.shape[1:]
         grid_logit = output[0, :: cfg.grid, :: cfg.grid]
-        logit_threshold = np.log(threshold / (1 - threshold)) if 0 < threshold < 1 else threshold
-        rows, cols = np.nonzero(grid_logit > logit_threshold)
+        p = min(max(threshold, 1e-6), 1 - 1e-6)
+        rows, cols = np.nonzero(grid_logit > np.log(p / (1 - p)))
         scores = 1.0 / (1.0 + np.exp(-grid_logit[rows, cols].astype(np.float64)))
         rows, cols = rows * cfg.grid, cols * cfg.grid
+        dists = np.maximum(output[1:, rows, cols].T * cfg.dist_scale, 1e-3)
+        # Polygons smaller than the smallest allowed object are not candidates (an untrained
+        # network gives thousands of near-empty ones).
+        big = star_polygon_areas(dists) >= max(min_size, MIN_POLYGON_AREA)
+        rows, cols, scores, dists = rows[big], cols[big], scores[big], dists[big]
         if scores.size > MAX_CANDIDATES:
             logger.warning("%d candidates; keeping the %d most probable", scores.size, MAX_CANDIDATES)
-            top = np.argsort(-scores)[:MAX_CANDIDATES]
-            rows, cols, scores = rows[top], cols[top], scores[top]
-        dists = np.maximum(output[1:, rows, cols].T * cfg.dist_scale, 1e-3)
-        coords = distances_to_polygons(np.stack([rows, cols], axis=1), dists)
-        kept = polygon_nms(np.stack([rows, cols], axis=1), dists, scores, nms)
-        labels = polygons_to_labels(coords[kept], shape, scores[kept])
+            top = np.argsort(-scores, kind="stable")[:MAX_CANDIDATES]
+            rows, cols, scores, dists = rows[top], cols[top], scores[top], dists[top]
+        points = np.stack([rows, cols], axis=1)
+        kept = polygon_nms(points, dists, scores, nms)
+        coords = distances_to_polygons(points[kept], dists[kept])
+        labels = polygons_to_labels(coords, shape, scores[kept])
         return _remove_small(labels, min_size)
 
 

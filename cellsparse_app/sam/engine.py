@@ -24,6 +24,7 @@ import numpy as np
 from cellsparse_app.sam.config import SamConfig
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendSpec, build_network, get_backend, load_weights
+from cellsparse_app.sam.results import select_masks
 from cellsparse_app.sam.weights import WeightsManager
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class SamEngine:
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
         self.encoder_calls = 0
         self._onnx: Any = None
+        self._pe: Any = None
         self._encode_lock = threading.Lock()
         transforms = importlib.import_module(f"{spec.module}.utils.transforms")
         self.transform = transforms.ResizeLongestSide(self.model.image_encoder.img_size)
@@ -128,10 +130,13 @@ class SamEngine:
         return self.model.image_encoder(x)
 
     def decode(self, embedding: SamEmbedding, prompt: Prompt,
-               multimask: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Masks for ``prompt``: ``bool (M, H, W)``, scores ``(M,)``, logits ``(M, 256, 256)``.
+               mode: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for ``prompt`` selected by output ``mode`` (see :func:`select_masks`).
 
-        ``multimask`` gives SAM's three candidates (M=3), otherwise its single output (M=1).
+        Returns:
+            ``bool (M, H, W)`` masks, their scores ``(M,)`` and low-resolution logits
+            ``(M, 256, 256)``; ``single`` uses SAM's single-mask output, the other modes its
+            three candidates. Only the selected masks are upscaled to the image size.
         """
         import torch
 
@@ -152,14 +157,27 @@ class SamEngine:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
             low_res, quality = self.model.mask_decoder(
                 image_embeddings=embedding.features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_pe=self._dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=multimask,
+                multimask_output=mode != "single",
             )
+            scores = quality[0].float().cpu().numpy()
+            if mode in ("best", "single"):  # pick first, upscale one mask only
+                index = [int(np.argmax(scores))] if mode == "best" else [0]
+                low_res, scores = low_res[:, index], scores[index]
             logits = self.model.postprocess_masks(low_res, embedding.input_size, size)
             masks = (logits[0] > self.model.mask_threshold).cpu().numpy()
-        return masks, quality[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+            low = low_res[0].float().cpu().numpy()
+        if mode in ("best", "single"):
+            return masks, scores, low
+        return select_masks(masks, scores, mode, low)
+
+    def _dense_pe(self) -> Any:
+        """SAM's positional encoding of the embedding grid (constant: computed once)."""
+        if self._pe is None:
+            self._pe = self.model.prompt_encoder.get_dense_pe()
+        return self._pe
 
     def predictor_for_automask(self, embed: Any) -> Any:
         """A ``SamPredictor`` of the backend's library whose ``set_image`` uses ``embed``.

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from cellsparse_app.sam.config import AutoMaskConfig
 from cellsparse_app.sam.prompts import Prompt
+from cellsparse_app.sam.results import select_masks
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,10 @@ class FallbackEngine:
         return FallbackEmbedding(gray, bright_objects(gray))
 
     def decode(self, embedding: FallbackEmbedding, prompt: Prompt,
-               multimask: bool) -> tuple[np.ndarray, np.ndarray, None]:
-        """Candidates for ``prompt`` (1 when ``multimask`` is False)."""
+               mode: str = "all") -> tuple[np.ndarray, np.ndarray, None]:
+        """Candidates for ``prompt`` selected by output ``mode`` (``single``: the first)."""
         masks, scores = segment_prompt(embedding.gray, prompt, bright=embedding.bright)
-        if not multimask:
-            masks, scores = masks[:1], scores[:1]
+        masks, scores, _ = select_masks(masks, scores, mode)
         return masks, scores, None
 
 
@@ -202,8 +202,6 @@ def _split(mask: np.ndarray, neg: np.ndarray) -> np.ndarray:
 def automatic_masks(embedding: FallbackEmbedding,
                     cfg: AutoMaskConfig) -> tuple[np.ndarray, np.ndarray]:
     """``bool (N, H, W)`` masks and ``(N,)`` scores of all objects found classically."""
-    from skimage.morphology import remove_small_objects
-
     gray = embedding.gray
     h, w = gray.shape
     if float(gray.max() - gray.min()) < 1e-6:
@@ -211,7 +209,9 @@ def automatic_masks(embedding: FallbackEmbedding,
     threshold = _otsu(gray)
     foreground = gray > threshold if embedding.bright else gray < threshold
     min_area = max(int(cfg.min_mask_region_area), 9)
-    foreground = remove_small_objects(ndi.binary_fill_holes(foreground), min_area)
+    regions, _ = ndi.label(ndi.binary_fill_holes(foreground))
+    sizes = np.bincount(regions.ravel())
+    foreground = (sizes >= min_area)[regions] & (regions > 0)
     basins = _split(foreground, np.zeros((0, 2), dtype=int))
     ids = np.unique(basins)
     ids = ids[ids > 0]

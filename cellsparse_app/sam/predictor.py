@@ -31,7 +31,7 @@ from cellsparse_app.sam.fallback import FallbackEngine, automatic_masks
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendUnavailableError, get_backend
 from cellsparse_app.sam.render import image_key, render_rgb
-from cellsparse_app.sam.results import MaskResult, select_masks
+from cellsparse_app.sam.results import MaskResult
 from cellsparse_app.sam.weights import WeightsManager, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ class SamAnnotator:
         self._engine: Any = None
         self._lock = threading.Lock()
         self._cache: LruCache[Any] = LruCache(self.config.cache_size)
+
+    @classmethod
+    def from_engine(cls, engine: Any, config: SamConfig | None = None,
+                    render: RenderConfig | None = None) -> "SamAnnotator":
+        """An annotator around an already built engine (benchmarks, tests, custom networks)."""
+        annotator = cls(config, render=render)
+        annotator._engine = engine
+        return annotator
 
     # -- backend ---------------------------------------------------------------------------------
     def load(self) -> "SamAnnotator":
@@ -155,8 +163,7 @@ class SamAnnotator:
             raise ValueError(f"the prompt is for a {prompt.shape} image, not {shape}")
         _, embedding = self._embed(image, render)
         engine = self.engine
-        masks, scores, logits = engine.decode(embedding, prompt, multimask=mode != "single")
-        masks, scores, logits = select_masks(masks, scores, mode, logits)
+        masks, scores, logits = engine.decode(embedding, prompt, mode)
         return MaskResult(masks, scores.astype(np.float32), engine.name, logits)
 
     def segment_from_points(self, image: np.ndarray, points_rc: Points,

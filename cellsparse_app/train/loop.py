@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Consecutive non-finite losses after which training is declared diverged.
 MAX_BAD_STEPS = 20
+#: Training batches whose statistics replace BatchNorm's running averages at the end.
+BN_BATCHES = 8
 
 
 def train_iter(
@@ -192,7 +194,8 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
             if max_steps is not None and step >= max_steps:
                 break
             elapsed = time.perf_counter() - start
-            if max_seconds is not None and elapsed + step_time > max_seconds:
+            reserve = step_time * (1 + BN_BATCHES / 3)  # one more step + recalibration
+            if max_seconds is not None and elapsed + reserve > max_seconds:
                 break
             if should_stop is not None and should_stop():
                 cancelled = True
@@ -232,6 +235,8 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
                     fraction=_fraction(step, report["elapsed"], max_steps, max_seconds),
                 )
                 losses = []
+        deadline = None if max_seconds is None else start + max_seconds
+        _recalibrate_batchnorm(network, producer, device, precision, BN_BATCHES, deadline)
     finally:
         producer.close()
     if losses:
@@ -270,6 +275,35 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
         fraction=1.0 if not cancelled else _fraction(step, elapsed, max_steps, max_seconds),
     )
     return model
+
+
+def _recalibrate_batchnorm(
+    network, producer, device, precision, batches: int, deadline: float | None
+) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``batches`` training batches.
+
+    The running averages lag behind the weights (momentum), which matters after short training:
+    eval-mode outputs then differ from what was trained ("precise BN", Wu & Johnson 2021).
+    Past ``deadline`` (``perf_counter`` time) it stops after two batches.
+    """
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches < 1:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    try:
+        with torch.no_grad():
+            for i in range(batches):
+                if i >= 2 and deadline is not None and time.perf_counter() > deadline:
+                    break
+                x = devices.to_device(producer.get().images, device)
+                with devices.autocast(device, precision):
+                    network(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 def _fraction(step: int, elapsed: float, max_steps: int | None, max_seconds: float | None) -> float:

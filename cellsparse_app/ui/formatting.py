@@ -58,7 +58,7 @@ def sam_markdown(headline: str, notice: str | None) -> str:
 
 
 def status_markdown(message: str) -> str:
-    return f"ⓘ {html.escape(message)}" if message else ""
+    return f"→ {html.escape(message)}" if message else ""
 
 
 def image_choices(records: Sequence[ImageRecord]) -> list[tuple[str, str]]:

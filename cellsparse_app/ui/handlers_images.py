@@ -17,6 +17,7 @@ from cellsparse_app.io import ImageConfig
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.context import AppContext
 from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.ui.imagefile import png_file
 from cellsparse_app.workspace import CanvasView, Workspace
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ ANNOTATE_TAB = "annotate"
 
 
 def canvas_outputs(view: CanvasView) -> tuple:
-    """(canvas image, status, counts, cells table) of a :class:`CanvasView`."""
+    """(canvas PNG path, status, counts, cells table) of a :class:`CanvasView`."""
     return (
-        view.image,
+        png_file(view.image),
         fmt.status_markdown(view.message),
         fmt.summary_markdown(view.summary, view.totals),
         fmt.cells_rows(view.objects),

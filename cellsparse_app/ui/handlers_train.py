@@ -65,19 +65,51 @@ def stop(ws: Workspace | None) -> str:
     return fmt.status_markdown("Stopping after the current step; the model so far is kept…")
 
 
-@friendly
-def train(
-    ws: Workspace | None, family: str, start: str, seconds: float, steps: float | None
-) -> Generator[tuple, None, None]:
-    """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser."""
+def _int(value: float | None, name: str, low: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if int(value) != value or value < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value}")
+    return int(value)
+
+
+def train_config(
+    family: str, seconds: float | None, steps: float | None, batch_size: float | None = None,
+    patch_size: float | None = None, learning_rate: float | None = None,
+    warmup_steps: float | None = None, seed: float | None = None,
+) -> Any:
+    """A ``TrainConfig`` from the Train tab's fields (empty advanced fields keep the defaults);
+    exact steps win over the time budget."""
+    from cellsparse_app.models.base import get_family
     from cellsparse_app.train import TrainConfig
 
+    get_family(family)  # unknown names fail here, naming the known ones
+    n_steps = _int(steps, "steps", 1)
+    changes: dict[str, Any] = {
+        "family": family, "steps": n_steps,
+        "max_seconds": None if n_steps else (float(seconds) if seconds else None),
+    }
+    for name, value, low in (("batch_size", batch_size, 1), ("patch_size", patch_size, 16),
+                             ("warmup_steps", warmup_steps, 0), ("seed", seed, 0)):
+        number = _int(value, name.replace("_", " "), low)
+        if number is not None:
+            changes[name] = number
+    if learning_rate:
+        changes["learning_rate"] = float(learning_rate)
+    return TrainConfig().replace(**changes)
+
+
+@friendly
+def train(
+    ws: Workspace | None, family: str, start: str, seconds: float, steps: float | None,
+    batch_size: float | None = None, patch_size: float | None = None,
+    learning_rate: float | None = None, warmup_steps: float | None = None,
+    seed: float | None = None,
+) -> Generator[tuple, None, None]:
+    """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser."""
     ws = require(ws)
-    steps = int(steps) if steps else None
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    seconds = float(seconds) if seconds else None
-    cfg = TrainConfig().replace(family=family, steps=steps, max_seconds=None if steps else seconds)
+    cfg = train_config(family, seconds, steps, batch_size, patch_size, learning_rate,
+                       warmup_steps, seed)
     budget = cfg.max_seconds
     curve: list[tuple[int, float]] = []
     run = ws.train(cfg, continue_training=start == CONTINUE)

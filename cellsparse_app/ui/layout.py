@@ -13,7 +13,8 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import EXPORT_FORMATS, describe_device, family_choices
+from cellsparse_app.hitl import EXPORT_FORMATS, default_device, describe_device, family_choices
+from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui import handlers_annotate as ann
 from cellsparse_app.ui import handlers_images as img
@@ -25,10 +26,16 @@ from cellsparse_app.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SE
 logger = logging.getLogger(__name__)
 
 CLICK_CHOICES = [
-    ("➕ Cell point (SAM)", POSITIVE), ("➖ Exclude point", NEGATIVE),
+    ("+ Cell point (SAM)", POSITIVE), ("− Exclude point", NEGATIVE),
     ("▭ Box around a cell (2 clicks)", BOX), ("▦ Background box (2 clicks)", BACKGROUND_BOX),
-    ("☝ Select object", SELECT),
+    ("Select object", SELECT),
 ]
+LOGO_SVG = (
+    '<svg class="cs-logo" viewBox="0 0 32 32" width="28" height="28" aria-hidden="true">'
+    '<circle cx="12" cy="13" r="9" fill="#14b8a6" opacity=".85"/>'
+    '<circle cx="22" cy="20" r="7" fill="#286eff" opacity=".75"/>'
+    '<circle cx="12" cy="13" r="3" fill="#fff"/></svg>'
+)
 HELP = {
     "annotate": "Click a cell: SAM proposes its mask (yellow). **Accept as Foreground**, or refine "
                 "with more points. Mark **Background** with boxes, SAM masks or the brush. "
@@ -55,16 +62,18 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                    delete_cache=(3600, 7200)) as demo:
         state = gr.State(None, delete_callback=AppContext.close_workspace)
         with gr.Row(elem_classes="cs-header"):
-            gr.HTML("<h1>🔬 cellsparse</h1><span class='cs-tagline'>a cell-segmentation model "
-                    "for your images, from a handful of clicks</span>")
+            gr.HTML(f"<h1>{LOGO_SVG}cellsparse</h1><span class='cs-tagline'>a cell-segmentation "
+                    "model for your images, from a handful of clicks</span>")
         sam_md = gr.Markdown("**Segment Anything:** loading…", elem_id="cs-sam-status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=250):
                 gr.Markdown("### Images")
-                files = gr.File(label="Upload PNG / JPEG / TIFF (8/16-bit, multichannel)",
+                files = gr.File(label="Upload images",
                                 file_count="multiple", type="filepath", height=120,
                                 file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff"],
                                 elem_id="cs-upload")
+                gr.Markdown("PNG, JPEG or TIFF; 8/16-bit, grey or multichannel.",
+                            elem_classes="cs-step-help")
                 example_btn = gr.Button("Load example: nuclei (CC0)", size="sm",
                                         elem_id="cs-example")
                 image_dd = gr.Dropdown(label="Current image", choices=[], interactive=True,
@@ -135,11 +144,25 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                               ("Continue active round", trn.CONTINUE)],
                                              value=trn.SCRATCH, label="Start")
                         with gr.Row():
-                            seconds = gr.Slider(5, s.max_train_seconds, value=120, step=5,
+                            seconds = gr.Slider(5, s.max_train_seconds, step=5,
+                                                value=DEFAULT_SECONDS[default_device()],
                                                 label="Time budget (s)", elem_id="cs-seconds")
                             steps = gr.Number(None, label="or exact steps (empty: time budget)",
                                               precision=0, minimum=1, elem_id="cs-steps")
-                        device_md = gr.Markdown(describe_device(), elem_id="cs-device")
+                        with gr.Accordion("Advanced training settings", open=False):
+                            defaults = TrainConfig()
+                            with gr.Row():
+                                batch = gr.Number(defaults.batch_size, label="Batch size",
+                                                  precision=0, minimum=1, elem_id="cs-batch")
+                                patch = gr.Number(defaults.patch_size, label="Patch size (px)",
+                                                  precision=0, minimum=16, elem_id="cs-patch")
+                                lr = gr.Number(defaults.learning_rate, label="Learning rate",
+                                               minimum=0)
+                                warmup = gr.Number(defaults.warmup_steps, label="Warm-up steps",
+                                                   precision=0, minimum=0, elem_id="cs-warmup")
+                                seed = gr.Number(defaults.seed, label="Seed", precision=0,
+                                                 minimum=0)
+                        gr.Markdown(describe_device(), elem_id="cs-device")
                         with gr.Row():
                             train_btn = gr.Button("Train", variant="primary", elem_id="cs-train")
                             stop_btn = gr.Button("Stop (keep model so far)", variant="stop",
@@ -153,9 +176,11 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                         rounds = gr.Dataframe(headers=fmt.ROUND_COLUMNS, label="Rounds",
                                               interactive=False, elem_id="cs-rounds")
                         with gr.Row():
-                            round_dd = gr.Dropdown(choices=[], label="Round", scale=2)
+                            round_dd = gr.Dropdown(choices=[], label="Round", scale=2,
+                                                   elem_id="cs-round")
                             rollback_btn = gr.Button("Roll back to this round (model + "
-                                                     "annotations)", scale=1)
+                                                     "annotations)", scale=1,
+                                                     elem_id="cs-rollback")
                     with gr.Tab("③ Predict & compare", id="predict", elem_id="cs-tab-predict"):
                         gr.Markdown(HELP["predict"], elem_classes="cs-step-help")
                         with gr.Row():
@@ -236,7 +261,7 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         paint_erase_btn.click(ann.paint_erase, [state, editor], [*canvas_out, editor])
 
         train_btn.click(trn.arm, [state], [train_btn, stop_btn, progress]).success(
-            trn.train, [state, family, start, seconds, steps],
+            trn.train, [state, family, start, seconds, steps, batch, patch, lr, warmup, seed],
             [progress, loss_plot, *rounds_out], show_progress="hidden", **gpu,
         ).then(trn.disarm, None, [train_btn, stop_btn])
         stop_btn.click(trn.stop, [state], [stop_md], concurrency_limit=None)

@@ -11,7 +11,8 @@ _MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 
 CSS = """
 .cs-header { display:flex; align-items:baseline; gap:1em; flex-wrap:wrap; margin-bottom:-.4em }
-.cs-header h1 { margin:0; font-size:1.6em; letter-spacing:-.02em }
+.cs-header h1 { margin:0; font-size:1.6em; letter-spacing:-.02em; display:flex;
+                align-items:center; gap:.35em }
 .cs-header .cs-tagline { color: var(--body-text-color-subdued); }
 #cs-sam-status p, #cs-device p { font-size:.85em; margin:0; color: var(--body-text-color-subdued) }
 #canvas img { cursor: crosshair; }

@@ -53,6 +53,8 @@ const waitText = async (selector, pattern, timeout = 60_000) => {
     [selector, pattern.source], { timeout });
   return text(selector);
 };
+const rows = async (selector) =>
+  Number(await page.locator(`${selector} [role=grid]`).getAttribute("aria-rowcount")) - 1;
 const shot = (name) => page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
 const errorToasts = async () =>
   page.locator(".toast-body.error, [data-testid='toast-body'].error").allInnerTexts();
@@ -152,13 +154,17 @@ try {
   await page.mouse.click(...Object.values(await canvasPoint(r1, c1)));
   const bg = await waitText("#cs-summary", /[1-9][\d.]*% Background/);
   results.annotation_summary = bg;
-  check((await page.locator("#cs-cells tbody tr").count()) === plan.clicks.length,
+  check((await rows("#cs-cells")) === plan.clicks.length,
     "cells table lists every accepted cell");
   await shot("03_annotated.png");
   step("background marked", { summary: bg });
 
   // 5. Train (exact steps), watching the progress bar and the live loss curve.
   await openTab("② Train");
+  await page.getByText("Advanced training settings").click();
+  for (const [id, value] of Object.entries(plan.train_settings)) {
+    await page.locator(`#${id} input`).fill(String(value));
+  }
   await page.locator("#cs-steps input").fill(String(plan.train_steps));
   await page.locator("#cs-train").click();
   await page.waitForSelector("#cs-progress [data-state=running]", { timeout: 120_000 });
@@ -174,17 +180,19 @@ try {
   // 6. A second run stopped by the user keeps its model as a round.
   await page.locator("#cs-steps input").fill("");
   await page.locator("#cs-train").click();
-  await page.waitForSelector("#cs-progress [data-state=running]", { timeout: 120_000 });
+  await waitText("#cs-progress", /step \d+/, 120_000); // the engine is stepping
   await page.locator("#cs-stop").click();
   await page.waitForSelector("#cs-progress [data-state=stopped]", { timeout: 120_000 });
   const stopped = await text("#cs-progress");
   results.stopped_run = stopped;
-  const roundsRows = await page.locator("#cs-rounds tbody tr").count();
+  const roundsRows = await rows("#cs-rounds");
   step("stopped run", { progress: stopped, rounds: roundsRows });
+  check(roundsRows === 2 && /stopped early · active/.test(await text("#cs-rounds")),
+    "the stopped run is kept as round 2");
   // Roll back to round 1 (the complete one) before predicting.
-  await page.locator("#cs-tab-train").getByRole("listbox").first().click().catch(() => {});
+  await page.locator("#cs-round input").click();
   await page.getByRole("option", { name: /Round 1/ }).click();
-  await page.getByRole("button", { name: /Roll back to this round/ }).click();
+  await page.locator("#cs-rollback").click();
   await page.waitForFunction(() => /complete · active/.test(
     document.querySelector("#cs-rounds")?.innerText || ""), null, { timeout: 30_000 });
   step("rolled back to round 1");
@@ -197,11 +205,11 @@ try {
   results.predicted_objects = count;
   results.prediction_summary = pred;
   check(count >= 1, `the model finds objects: ${pred}`);
-  check(/AP50 vs ground truth/.test(pred), "AP against the example's ground truth is shown");
+  check(/AP50 on your annotations \d/.test(pred), `AP against the annotations is shown: ${pred}`);
   await page.waitForFunction(() => document.querySelectorAll("#cs-slider img").length >= 2);
   await shot("06_predicted.png");
   await chooseRadio("cs-right", "Errors");
-  const cmp = await waitText("#cs-compare", /Errors vs ground truth: AP50/);
+  const cmp = await waitText("#cs-compare", /Errors vs your annotations: AP50/);
   results.compare_summary = cmp;
   await shot("07_errors.png");
   step("predicted", { objects: count, compare: cmp });

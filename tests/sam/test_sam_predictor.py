@@ -129,7 +129,7 @@ def test_concurrent_users_get_the_same_answers_and_one_encoding(vit_t, nuclei_im
 
 def test_automatic_masks_give_a_label_image(vit_t, nuclei_image):
     image, _ = nuclei_image
-    cfg = AutoMaskConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    cfg = AutoMaskConfig(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                          min_visible_fraction=0.0)
     calls = vit_t.cache_info()["encoder_calls"]
     result = vit_t.generate(image, cfg)

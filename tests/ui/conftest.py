@@ -57,3 +57,18 @@ def select(x: int, y: int):
 @pytest.fixture(scope="session")
 def click_at():
     return select
+
+
+def _pixels(image):
+    """A canvas output (PNG path from the handlers, or an array) as a ``uint8`` array."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        return image
+    with Image.open(image) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def pixels():
+    return _pixels

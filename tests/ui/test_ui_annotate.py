@@ -24,7 +24,7 @@ def _click(ws, mode, rc, click_at):
 
 
 def test_click_previews_then_accept_adds_the_nucleus(example_ws, example_truth, inner_point,
-                                                     click_at):
+                                                     click_at, pixels):
     ws = example_ws
     hits = 0
     objects = [7, 8, 19]
@@ -32,8 +32,8 @@ def test_click_previews_then_accept_adds_the_nucleus(example_ws, example_truth, 
         out = _click(ws, POSITIVE, inner_point(example_truth, obj), click_at)
         assert "mask:" in out[STATUS]
         preview = ws.prompts.preview
-        yellowish = (out[CANVAS][..., 0] > 150) & (out[CANVAS][..., 1] > 150) & \
-            (out[CANVAS][..., 2] < 120)
+        canvas = pixels(out[CANVAS])
+        yellowish = (canvas[..., 0] > 150) & (canvas[..., 1] > 150) & (canvas[..., 2] < 120)
         assert yellowish[preview].mean() > 0.5  # the preview is drawn where the mask is
         out = ann.accept_foreground(ws)
         assert out[SUMMARY].startswith(f"**{k}** Foreground cell")
@@ -60,7 +60,8 @@ def test_negative_point_and_box_prompts(example_ws, example_truth, inner_point, 
     assert _iou(ws.prompts.preview, example_truth == 8) >= 0.5
 
 
-def test_background_box_select_delete_undo(example_ws, example_truth, inner_point, click_at):
+def test_background_box_select_delete_undo(example_ws, example_truth, inner_point, click_at,
+                                           pixels):
     ws = example_ws
     _click(ws, POSITIVE, inner_point(example_truth, 8), click_at)
     ann.accept_foreground(ws)
@@ -70,7 +71,7 @@ def test_background_box_select_delete_undo(example_ws, example_truth, inner_poin
     assert (labels[:100, :200] >= 0).all()  # all annotated inside the box
     assert int((labels == 0).sum()) == int((labels[:100, :200] == 0).sum()) > 0
     assert "%** Background" in out[SUMMARY]
-    blue = out[CANVAS][labels == 0]
+    blue = pixels(out[CANVAS])[labels == 0]
     assert (blue[:, 2].astype(int) > blue[:, 0].astype(int) + 30).all()
     # Select the cell on the canvas, delete it, undo.
     rr, cc = np.argwhere(labels == 1)[0]

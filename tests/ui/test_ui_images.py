@@ -22,18 +22,19 @@ def test_session_start_says_which_sam(ctx):
     assert ws.directory.parent == ctx.settings.session_root and ws.current is None
 
 
-def test_example_loads_with_truth_and_switches_tab(ctx, ws, example_truth):
+def test_example_loads_with_truth_and_switches_tab(ctx, ws, example_truth, pixels):
     out = img.load_example(ctx)(ws)
+    canvas = pixels(out[CANVAS])
     assert out[DROPDOWN]["choices"][0][0].startswith("example_nuclei (360×360)")
     assert "ground truth" in out[INFO]
-    assert out[CANVAS].shape == (360, 360, 3) and out[CANVAS].dtype == np.uint8
-    assert out[CANVAS].max() == 255  # the dim raw image (4..48) is contrast-stretched
+    assert canvas.shape == (360, 360, 3) and canvas.dtype == np.uint8
+    assert canvas.max() == 255  # the dim raw image (4..48) is contrast-stretched
     assert out[TABS]["selected"] == img.ANNOTATE_TAB
     assert out[SUMMARY].startswith("**0** Foreground cells")
     np.testing.assert_array_equal(ws.project.truth(ws.current), example_truth)
 
 
-def test_upload_16bit_multichannel_and_choose_channel(ws, tmp_path, dsb_fluo):
+def test_upload_16bit_multichannel_and_choose_channel(ws, tmp_path, dsb_fluo, pixels):
     base = dsb_fluo[0].image.astype(np.uint16) * 200
     stack = np.stack([base, np.flipud(base)], axis=-1)  # two channels, 16-bit
     path = tmp_path / "two_channels.tif"
@@ -41,8 +42,8 @@ def test_upload_16bit_multichannel_and_choose_channel(ws, tmp_path, dsb_fluo):
     out = img.upload(ws, [str(path)])
     assert out[CHANNELS]["visible"] is True and len(out[CHANNELS]["choices"]) == 2
     assert "2 channels" in out[INFO] and "uint16" in out[INFO]
-    both = out[CANVAS]
-    one = img.apply_display(ws, [1], 1.0, 99.8)[CANVAS]
+    both = pixels(out[CANVAS])
+    one = pixels(img.apply_display(ws, [1], 1.0, 99.8)[CANVAS])
     assert (one[..., 0] == one[..., 1]).all()  # one channel shows grey
     np.testing.assert_array_equal(one[..., 0] > 127, np.flipud(both[..., 1]) > 127)
     with pytest.raises(gr.Error, match="at least one channel"):

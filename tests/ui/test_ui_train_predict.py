@@ -26,6 +26,8 @@ from cellsparse_app.ui import handlers_train as trn
 from cellsparse_app.ui.context import AppContext, AppSettings
 
 STEPS = 60
+#: Small patches and batches and a short warm-up: a usable model in ~60 steps on 2 CPU cores.
+FAST = {"batch_size": 4, "patch_size": 64, "warmup_steps": 10}
 PROGRESS, LOSS, ROUNDS, ROUND_DD = range(4)
 
 
@@ -48,7 +50,7 @@ def trained(tmp_path_factory, example_truth):
     ws, _ = img.start_session(ctx)
     img.load_example(ctx)(ws)
     _annotate_from_truth(ws, example_truth)
-    outputs, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 0, STEPS))
+    outputs, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 0, STEPS, **FAST))
     yield ws, outputs, last
     ws.close()
 
@@ -65,7 +67,7 @@ def test_training_reports_progress_loss_and_round(trained):
     assert (ws.project.model_dir() / "config.json").is_file()
 
 
-def test_predict_compare_and_correct(trained, example_truth):
+def test_predict_compare_and_correct(trained, example_truth, pixels):
     ws, _, _ = trained
     slider, text, legend, compare = res.predict(ws, "current", None, 15, res.PREDICTION,
                                                 progress=lambda *a, **k: None)
@@ -82,6 +84,7 @@ def test_predict_compare_and_correct(trained, example_truth):
     value, legend, compare = res.show_comparison(ws, res.CHANGES)
     assert "No earlier round" in compare
     tabs, mode, show, canvas, *_ = res.correct(ws)
+    canvas = pixels(canvas)
     assert tabs["selected"] == img.ANNOTATE_TAB and mode == "select" and show is True
     cyan = (canvas[..., 0] < 60) & (canvas[..., 1] > 200) & (canvas[..., 2] > 200)
     assert cyan.sum() > 50  # predicted outlines drawn on unannotated nuclei
@@ -125,14 +128,14 @@ def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
 def test_stop_keeps_the_model_and_continue_and_rollback(trained):
     ws, _, _ = trained
     ws.arm_training()
-    run = trn.train(ws, "cellpose", trn.CONTINUE, 120, None)
-    outputs = [next(run)]  # "preparing data": the engine starts on the next call
-    trn.stop(ws)  # Stop pressed while it runs: it ends after its first step
+    run = trn.train(ws, "cellpose", trn.CONTINUE, 120, None, **FAST)
+    outputs = [next(run), next(run)]  # "preparing data", then the first report (step 10)
+    trn.stop(ws)  # Stop pressed while it runs: it ends after its current step
     outputs += list(run)
     last = outputs[-1]
     assert 'data-state="stopped"' in last[PROGRESS] and "saved as round 2" in last[PROGRESS]
     rec = ws.project.round(2)
-    assert rec.cancelled and rec.parent == 1 and rec.steps >= 1
+    assert rec.cancelled and rec.parent == 1 and 10 <= rec.steps < 30
     rows = last[ROUNDS]
     assert [r[0] for r in rows] == [1, 2] and rows[1][2] == 1 and "stopped early" in rows[1][-1]
     # Roll back to round 1: model and annotations of round 1 are active again.
@@ -162,7 +165,7 @@ def test_stop_before_start_changes_nothing(ws, ctx, example_truth):
     _annotate_from_truth(ws, example_truth, ids=(1, 2))
     ws.arm_training()
     trn.stop(ws)  # pressed while the run still waits in the queue
-    _, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 30, None))
+    _, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 30, None, **FAST))
     assert "Stopped before the first step" in last[PROGRESS]
     assert ws.project.rounds == [] and ws.project.active_round is None
 
@@ -181,3 +184,16 @@ def test_project_save_and_load_in_another_session(trained, ctx):
         res.load_project(other, str(bad))
     assert [r.index for r in other.project.rounds] == [1, 2]  # nothing lost
     other.close()
+
+
+def test_train_settings_are_parsed_and_checked():
+    cfg = trn.train_config("cellpose", 90, None, 4, 64, 0.001, 10, 3)
+    assert (cfg.steps, cfg.max_seconds, cfg.batch_size, cfg.patch_size) == (None, 90.0, 4, 64)
+    assert (cfg.learning_rate, cfg.warmup_steps, cfg.seed) == (0.001, 10, 3)
+    assert trn.train_config("cellpose", 90, 25).max_seconds is None  # exact steps win
+    with pytest.raises(ValueError, match="patch size must be a whole number >= 16"):
+        trn.train_config("cellpose", 90, None, 4, 8)
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        trn.train_config("cellpose", 90, 2.5)
+    with pytest.raises(ValueError, match="unknown model family 'nope'"):
+        trn.train_config("nope", 90, 10)
