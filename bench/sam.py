@@ -35,14 +35,18 @@ logger = logging.getLogger("bench.sam")
 ENCODER_PATHS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
-def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1,
+           cpu: list[float] | None = None) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls (CPU seconds of the process appended to ``cpu``)."""
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         out.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return out
 
 
@@ -98,7 +102,8 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
             start = time.perf_counter()
             engine.prepare_encoder()  # ONNX: export + check once (cached on disk)
             row["prepare_s"] = time.perf_counter() - start
-            embed = _times(lambda: engine.encode(rgb), repeats)
+            embed_cpu: list[float] = []
+            embed = _times(lambda: engine.encode(rgb), repeats, cpu=embed_cpu)
             features = engine.encode(rgb).features.float().cpu().numpy()
         except (RuntimeError, ValueError) as exc:
             row["error"] = str(exc)[:120]
@@ -106,6 +111,7 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
             continue
         row["embed_s"] = statistics.median(embed)
         row["embed_min_s"] = min(embed)
+        row["embed_cpu_s"] = statistics.median(embed_cpu)
         if reference is None:
             reference, ref_time = features, row["embed_s"]
         row["speedup"] = ref_time / row["embed_s"]
@@ -113,8 +119,11 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
         annotator = SamAnnotator.from_engine(engine)
         annotator.set_image(image)
         it = iter(points * (repeats + 2))
-        click = _times(lambda: annotator.segment_from_points(image, [next(it)], [1]), clicks)
+        click_cpu: list[float] = []
+        click = _times(lambda: annotator.segment_from_points(image, [next(it)], [1]), clicks,
+                       cpu=click_cpu)
         row["click_ms"] = 1000 * statistics.median(click)
+        row["click_cpu_ms"] = 1000 * statistics.median(click_cpu)
         rows.append(row)
     return rows
 
@@ -184,22 +193,27 @@ def format_tables(latency: list[dict[str, Any]], quality: list[dict[str, Any]],
         f"{settings['load_start']}, at end {settings['load_end']} (compare only on an idle "
         "machine). Targets (2 CPU cores): click->mask <= 50 ms, vit_t embedding <= 0.5 s.",
         "",
-        "| model | encoder | device | embedding s | vs torch fp32 | rel. error | click->mask ms |"
-        " first use s |",
-        "|---|---|---|---|---|---|---|---|",
+        "CPU s/ms: processor time of the process (all threads), less sensitive to other load.",
+        "",
+        "| model | encoder | device | embedding s | (CPU s) | vs torch fp32 | rel. error |"
+        " click->mask ms | (CPU ms) | first use s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in latency:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['encoder']} | {r['device']} | failed: {r['error']} "
-                         "| | | | |")
+                         "| | | | | | |")
             continue
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "n/a"
         err = f"{r['rel_error']:.1e}" if "rel_error" in r else "n/a"
         prep = f"{r['prepare_s']:.1f}" if r.get("prepare_s", 0) > 0.05 else ""
+        cpu = f"{r['embed_cpu_s']:.2f}" if "embed_cpu_s" in r else ""
+        click_cpu = f"{r['click_cpu_ms']:.0f}" if "click_cpu_ms" in r else ""
         lines.append(f"| {r['model']} | {r['encoder']} | {r['device']} | {r['embed_s']:.3f} | "
-                     f"{speed} | {err} | {r['click_ms']:.1f} | {prep} |")
+                     f"{cpu} | {speed} | {err} | {r['click_ms']:.1f} | {click_cpu} | {prep} |")
     if quality:
-        lines += ["", "Click quality on annotated nuclei (click at the deepest interior pixel):", "",
+        lines += ["", "Click quality on annotated nuclei (click at the deepest interior pixel):",
+                  "",
                   "| model | nuclei | median IoU | IoU >= 0.7 |", "|---|---|---|---|"]
         for q in quality:
             lines.append(f"| {q['model']} | {q['nuclei']} | {q['median_iou']:.2f} | "
@@ -208,7 +222,8 @@ def format_tables(latency: list[dict[str, Any]], quality: list[dict[str, Any]],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench sam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench sam",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="vit_t only, fewer repeats")
     parser.add_argument("--models", default=None, help="comma list (default vit_t,vit_b)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

@@ -91,6 +91,7 @@ class LabelEditor:
         else:
             self._labels = empty_labels(tuple(shape_or_labels))
         self._undo: list[_Patch] = []
+        self._cache: dict[str, tuple[int, object]] = {}
         self.version = 0  # bumped on every change; lets callers cache renderings
 
     # -- reading -------------------------------------------------------------------------------
@@ -110,18 +111,30 @@ class LabelEditor:
         return bool(self._undo)
 
     def summary(self) -> AnnotationSummary:
-        """Counts of cells, background and unlabelled pixels."""
-        counts = np.bincount((self._labels == BACKGROUND).ravel(), minlength=2)
-        unlabelled = int(np.count_nonzero(self._labels == UNLABELLED))
-        return AnnotationSummary(
-            n_objects=int(len(instance_ids(self._labels))),
-            background_px=int(counts[1]),
-            unlabelled_px=unlabelled,
-            total_px=int(self._labels.size),
+        """Counts of cells, background and unlabelled pixels (cached until the next edit)."""
+        cached = self._cache.get("summary")
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        lab = self._labels
+        summary = AnnotationSummary(
+            n_objects=int(lab.max(initial=0)),  # ids are kept consecutive (1..N)
+            background_px=int(np.count_nonzero(lab == BACKGROUND)),
+            unlabelled_px=int(np.count_nonzero(lab == UNLABELLED)),
+            total_px=int(lab.size),
         )
+        self._cache["summary"] = (self.version, summary)
+        return summary
 
     def objects(self) -> list[dict[str, int]]:
         """One row per cell: ``id``, ``area`` (px) and centroid ``row``/``col`` (rounded)."""
+        cached = self._cache.get("objects")
+        if cached is not None and cached[0] == self.version:
+            return list(cached[1])
+        rows = self._measure()
+        self._cache["objects"] = (self.version, rows)
+        return list(rows)
+
+    def _measure(self) -> list[dict[str, int]]:
         lab = self._labels
         n = int(lab.max(initial=0))
         if n < 1:

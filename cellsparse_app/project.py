@@ -17,12 +17,9 @@ crashed browser tab, loses nothing. The whole directory round-trips through a zi
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import re
 import threading
-import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,60 +30,23 @@ from cellsparse_app.annotations import LabelEditor
 from cellsparse_app.archive import ExtractLimits, safe_extract, zip_directory
 from cellsparse_app.io import ImageConfig, validate_image
 from cellsparse_app.labels import from_dense, validate_labels
+from cellsparse_app.records import (
+    ImageRecord,
+    Manifest,
+    RoundRecord,
+    read_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
 PROJECT_FILE = "project.json"
-FORMAT_VERSION = 1
+__all__ = ["ImageRecord", "Project", "RoundRecord"]
 _ALLOWED = re.compile(
     r"^(project\.json|(images|truth|annotations)/img\d{3,6}\.tif|"
     r"rounds/\d{3}/(round\.json|annotations/img\d{3,6}\.tif|predictions/img\d{3,6}\.tif|"
     r"model/[A-Za-z0-9_.\-]+))$"
 )
-
-
-@dataclasses.dataclass
-class ImageRecord:
-    """What the project knows about one image (``id`` is stable, ``name`` is for people)."""
-
-    id: str
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    has_truth: bool = False
-
-    @property
-    def n_channels(self) -> int:
-        return self.shape[2] if len(self.shape) == 3 else 1
-
-
-@dataclasses.dataclass
-class RoundRecord:
-    """One training round: what was trained, on what, how it went, how good it is.
-
-    Attributes:
-        index: 1, 2, ... in order of training.
-        family: model family name.
-        parent: round this one continued from (None: from scratch).
-        steps, seconds, final_loss: training summary; ``cancelled`` if stopped early.
-        n_objects, background_px: annotation totals at training time.
-        metrics: per image id, ``{"annotations": {...}, "truth": {...}}`` as computed by
-            ``metrics.match_labels`` against the user's annotations and the ground truth.
-        history: the loss curve ``[{"step", "loss", ...}]`` of this round.
-    """
-
-    index: int
-    family: str
-    created: float = dataclasses.field(default_factory=time.time)
-    parent: int | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    final_loss: float | None = None
-    cancelled: bool = False
-    n_objects: int = 0
-    background_px: int = 0
-    metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 class Project:
@@ -105,6 +65,7 @@ class Project:
         self._pixels: dict[str, np.ndarray] = {}
         self._editors: dict[str, LabelEditor] = {}
         self._rounds: list[RoundRecord] = []
+        self._predictions: dict[tuple[int, str], np.ndarray] = {}
         self.active_round: int | None = None
         self.image_config = ImageConfig()
         self._next_id = 1
@@ -277,14 +238,25 @@ class Project:
             raise ValueError(f"prediction shape {labels.shape} does not match image {image_id}")
         path = self._round_dir(rec.index) / "predictions" / f"{image_id}.tif"
         _write_int(path, labels.astype(np.uint32))
+        self._cache_prediction((rec.index, image_id), labels.astype(np.uint32))
         return path
+
+    def _cache_prediction(self, key: tuple[int, str], labels: np.ndarray) -> None:
+        self._predictions[key] = labels
+        while len(self._predictions) > 8:  # a few images' worth; the rest stays on disk
+            self._predictions.pop(next(iter(self._predictions)))
 
     def prediction(self, image_id: str, index: int | None = None) -> np.ndarray | None:
         """Round ``index``'s (default: active) prediction for an image, or None."""
         if self.active_round is None and index is None:
             return None
-        path = self._round_dir(self.round(index).index) / "predictions" / f"{image_id}.tif"
-        return tifffile.imread(path).astype(np.uint32) if path.is_file() else None
+        key = (self.round(index).index, image_id)
+        if key not in self._predictions:  # read once; the canvas asks on every click
+            path = self._round_dir(key[0]) / "predictions" / f"{image_id}.tif"
+            if not path.is_file():
+                return None
+            self._cache_prediction(key, tifffile.imread(path).astype(np.uint32))
+        return self._predictions[key]
 
     def previous_prediction(self, image_id: str) -> tuple[int, np.ndarray] | None:
         """The newest prediction of this image from a round before the active one."""
@@ -343,24 +315,11 @@ class Project:
         return cls(directory)
 
     def _read_manifest(self) -> None:
-        try:
-            data = json.loads((self.directory / PROJECT_FILE).read_text())
-            if data.get("format") != FORMAT_VERSION:
-                raise ValueError(f"unsupported project format {data.get('format')!r}")
-            config = dict(data["image_config"])
-            if config.get("channels") is not None:  # JSON lists -> the tuple the dataclass holds
-                config["channels"] = tuple(int(c) for c in config["channels"])
-            self.image_config = ImageConfig.from_dict(config)
-            for item in data["images"]:
-                rec = ImageRecord(**{**item, "shape": tuple(item["shape"])})
-                if not re.fullmatch(r"img\d{3,6}", rec.id):  # ids become file names
-                    raise ValueError(f"invalid image id {rec.id!r}")
-                self._images[rec.id] = rec
-            self._rounds = [RoundRecord(**r) for r in data["rounds"]]
-            self.active_round = data["active_round"]
-            self._next_id = int(data["next_id"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{PROJECT_FILE} is damaged: {exc}") from exc
+        manifest = read_manifest(self.directory / PROJECT_FILE)
+        self.image_config = manifest.image_config
+        self._images = {rec.id: rec for rec in manifest.images}
+        self._rounds = manifest.rounds
+        self.active_round, self._next_id = manifest.active_round, manifest.next_id
         for image_id, rec in self._images.items():
             path = self._path("annotations", image_id)
             if not self._path("images", image_id).is_file() or not path.is_file():
@@ -371,17 +330,9 @@ class Project:
             self.round(self.active_round)
 
     def _write_manifest(self) -> None:
-        data = {
-            "format": FORMAT_VERSION,
-            "image_config": self.image_config.to_dict(),
-            "images": [dataclasses.asdict(r) for r in self._images.values()],
-            "rounds": [dataclasses.asdict(r) for r in self._rounds],
-            "active_round": self.active_round,
-            "next_id": self._next_id,
-        }
-        tmp = self.directory / (PROJECT_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.directory / PROJECT_FILE)  # atomic: never a half-written manifest
+        write_manifest(self.directory / PROJECT_FILE, Manifest(
+            self.image_config, list(self._images.values()), self._rounds, self.active_round,
+            self._next_id))
 
     def _save_labels(self, image_id: str) -> None:
         _write_int(self._path("annotations", image_id), self._editors[image_id].labels)

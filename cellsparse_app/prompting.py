@@ -7,12 +7,28 @@ the offline fallback).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT = "positive", "negative", "box", "bg_box", "select"
+CLICK_MODES = (POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT)
+
+
+@dataclasses.dataclass
+class Prompts:
+    """SAM prompts on the current image and the mask they produced."""
+
+    points: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+    box_start: tuple[int, int] | None = None
+    box: tuple[int, int, int, int] | None = None
+    preview: np.ndarray | None = None
+    score: float | None = None
 
 
 def create_annotator(model_type: str) -> Any:

@@ -17,32 +17,26 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable
 
 import numpy as np
 
-from cellsparse_app import hitl, prompting, render
+from cellsparse_app import prompting, render
 from cellsparse_app.annotations import AnnotationSummary
 from cellsparse_app.io import ImageConfig, read_image
-from cellsparse_app.project import Project, RoundRecord
+from cellsparse_app.project import Project
+from cellsparse_app.prompting import (  # noqa: F401  (the click modes are part of this API)
+    BACKGROUND_BOX,
+    BOX,
+    CLICK_MODES,
+    NEGATIVE,
+    POSITIVE,
+    SELECT,
+    Prompts,
+)
+from cellsparse_app.workspace_rounds import RoundsMixin
 
 logger = logging.getLogger(__name__)
-
-POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT = "positive", "negative", "box", "bg_box", "select"
-CLICK_MODES = (POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT)
-
-
-@dataclasses.dataclass
-class Prompts:
-    """SAM prompts on the current image and the mask they produced."""
-
-    points: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    labels: list[int] = dataclasses.field(default_factory=list)
-    box_start: tuple[int, int] | None = None
-    box: tuple[int, int, int, int] | None = None
-    preview: np.ndarray | None = None
-    score: float | None = None
-
 
 @dataclasses.dataclass(frozen=True)
 class CanvasView:
@@ -69,7 +63,7 @@ class CanvasView:
     totals: dict[str, int]
 
 
-class Workspace:
+class Workspace(RoundsMixin):
     """A user's project and annotation state; see the module docstring.
 
     Args:
@@ -318,73 +312,6 @@ class Workspace:
             return CanvasView(image, editor.summary(), message, p.preview is not None,
                               self.selected, editor.can_undo, editor.objects(),
                               self.project.totals())
-
-    # -- rounds --------------------------------------------------------------------------------
-    def arm_training(self) -> None:
-        """Forget earlier stop requests; call when the user asks for a training run (a stop
-        pressed while the run still waits in the queue then cancels it before it starts)."""
-        self.cancel.clear()
-
-    def request_stop(self) -> None:
-        """Ask the running (or queued) training to stop after its current step."""
-        self.cancel.set()
-
-    def train(
-        self, cfg: Any, *, continue_training: bool = False
-    ) -> Generator[Any, None, RoundRecord | None]:
-        """Train a round on every annotated image; yields notices and progress, returns the
-        round (None if stopped before the first step). See :func:`hitl.train_round`."""
-        return (yield from hitl.train_round(self.project, cfg, continue_training=continue_training,
-                                            should_stop=self.cancel.is_set))
-
-    def predict(
-        self, scope: str = "current", cfg: Any = None, progress=None
-    ) -> tuple[list[hitl.Prediction], hitl.Comparison]:
-        """Predict the current image (``scope="current"``) or all images with the active model;
-        returns the predictions and the comparison of the current image."""
-        ids = [r.id for r in self.project.images] if scope == "all" else [self._require_image()]
-        predictions = hitl.predict_images(self.project, ids, cfg, cache=self._cached_model,
-                                          progress=progress)
-        return predictions, self.compare()
-
-    def compare(self) -> hitl.Comparison:
-        """Prediction vs input, errors vs annotations/ground truth, changes vs previous round."""
-        return hitl.compare(self.project, self._require_image(), self.display())
-
-    def rollback(self, index: int) -> CanvasView:
-        """Return to round ``index`` (model + annotations)."""
-        with self._lock:
-            self.project.rollback(index)
-            self._reset_prompts()
-            return self.view(f"Rolled back to round {index}")
-
-    def export(self, source: str, scope: str, formats: list[str], dest: str | Path) -> list[Path]:
-        """Write annotation or prediction exports; see :func:`hitl.export_files`."""
-        ids = [r.id for r in self.project.images] if scope == "all" else [self._require_image()]
-        return hitl.export_files(self.project, ids, source, formats, Path(dest))
-
-    def export_model(self, dest: str | Path) -> Path:
-        return hitl.export_model(self.project, Path(dest))
-
-    def save_project(self, dest: str | Path) -> Path:
-        return self.project.save_zip(dest)
-
-    def load_project(self, source: str | Path | bytes) -> str | None:
-        """Replace this session's project by a saved one; returns the new current image id."""
-        with self._lock:
-            target = Path(tempfile.mkdtemp(prefix="project-", dir=self.directory))
-            try:
-                project = Project.load_zip(source, target)
-            except Exception:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
-            old, self._project = self._project, project
-            if old is not None:
-                shutil.rmtree(old.directory, ignore_errors=True)
-            self.current = project.images[0].id if project.images else None
-            self._reset_prompts()
-            self._model_cache = None
-            return self.current
 
     # -- internals -----------------------------------------------------------------------------
     def _annotator(self) -> Any:

@@ -129,7 +129,9 @@ def decode_label_image(data: Any, what: str, max_pixels: int) -> np.ndarray:
                 # Palette ("P") images keep their indices: they are the label values.
                 arr = np.asarray(img)
     except Exception as exc:  # decoder libraries raise many types on corrupt input
-        raise ValueError(f"{what}: cannot decode label image ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{what}: cannot decode label image ({type(exc).__name__}: {exc})"
+        ) from None
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.all(arr[..., :3] == arr[..., :1]):
         arr = arr[..., 0]  # gray saved as RGB(A)
     if arr.ndim != 2:
@@ -154,7 +156,9 @@ def decode_wire_labels(
             f"{tuple(image_shape[:2])}"
         )
     if wire.size and int(wire.min()) < 0:
-        raise ValueError(f"{what}: wire labels must be >= 0 (0 unlabelled, 1 background, >=2 cells)")
+        raise ValueError(
+            f"{what}: wire labels must be >= 0 (0 unlabelled, 1 background, >=2 cells)"
+        )
     return from_wire(wire)
 
 
@@ -182,7 +186,7 @@ def geojson_features(
 def sam_features(
     masks: Sequence[np.ndarray], scores: Sequence[float], model: str
 ) -> list[dict[str, Any]]:
-    """samapi response: one Feature per mask with ``object_idx``, ``label``, ``quality``, ``sam_model``.
+    """samapi response: a Feature per mask (``object_idx``, ``label``, ``quality``, ``sam_model``).
 
     samapi numbers ``object_idx`` from -1 (``i - 1``) and the QuPath extension turns it into the
     class of unclassified objects, so the numbering is kept; unlike samapi, each ``quality`` is
@@ -193,10 +197,11 @@ def sam_features(
     out = []
     for i, (mask, score) in enumerate(zip(masks, scores)):
         rings = mask_to_polygons(_largest_part(np.asarray(mask, dtype=bool)))
+        coords = [rings[0].tolist()] if rings else []
         out.append(
             {
                 "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [rings[0].tolist()] if rings else []},
+                "geometry": {"type": "Polygon", "coordinates": coords},
                 "properties": {
                     "object_idx": i - 1,
                     "label": "object",

@@ -155,7 +155,8 @@ def predict_labels(st: AppState, family: str, name: str, image: Any, **predict: 
     from cellsparse_app.predict import PredictConfig, predict_instances
 
     names = {f.name for f in dataclasses.fields(PredictConfig)}
-    cfg = PredictConfig().replace(**{k: v for k, v in predict.items() if k in names and v is not None})
+    values = {k: v for k, v in predict.items() if k in names and v is not None}
+    cfg = PredictConfig().replace(**values)
     return predict_instances(model, image, cfg)
 
 

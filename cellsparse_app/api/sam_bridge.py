@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsparse_app.api.settings import ServerSettings
+from cellsparse_app.sam.weights import CACHE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,10 @@ class SamService:
 
         self.settings = settings
         self.policy = policy or DownloadPolicy()
-        # Weights (and ONNX exports) live in the data dir: nothing is written anywhere else.
-        self.weights = WeightsManager(settings.data_dir / "weights", policy=self.policy)
+        # Weights (and ONNX exports) live in the data dir unless $CELLSPARSE_CACHE_DIR says
+        # otherwise (then the UI and the CLI share that cache).
+        cache = os.environ.get(CACHE_ENV) or settings.data_dir / "weights"
+        self.weights = WeightsManager(cache, policy=self.policy)
         base = SamConfig.from_env()
         if settings.sam_encoder:
             base = base.replace(encoder_engine=settings.sam_encoder)

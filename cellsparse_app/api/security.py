@@ -56,26 +56,36 @@ class BodySizeLimit:
     Args:
         app: the wrapped ASGI app.
         max_bytes: largest accepted body.
+        prefix_limits: other caps for path prefixes (e.g. the web UI's file uploads).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 prefix_limits: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.prefix_limits = prefix_limits or {}
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.prefix_limits.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self._limit(scope.get("path", ""))
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
             if not length.strip().isdigit():
                 await _send_json(send, 400, f"invalid Content-Length header {length[:40]!r}")
                 return
-            if int(length) > self.max_bytes:
+            if int(length) > max_bytes:
                 await _send_json(
                     send, 413, f"request body of {int(length)} bytes exceeds this server's limit "
-                    f"of {self.max_bytes} bytes"
+                    f"of {max_bytes} bytes"
                 )
                 return
         received = 0
@@ -86,8 +96,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -168,13 +178,15 @@ class TokenAuth:
 
         async def wrapped(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = dict(message, headers=[*message.get("headers", []), (b"set-cookie", cookie)])
+                headers = [*message.get("headers", []), (b"set-cookie", cookie)]
+                message = dict(message, headers=headers)
             await send(message)
 
         return wrapped
 
     async def _deny(self, scope: Scope, send: Send) -> None:
-        logger.warning("refused %s %s: missing or wrong API token", scope["type"], scope.get("path"))
+        logger.warning("refused %s %s: missing or wrong API token", scope["type"],
+                       scope.get("path"))
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

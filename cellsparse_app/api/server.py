@@ -29,6 +29,8 @@ from cellsparse_app.api.state import AppState
 logger = logging.getLogger(__name__)
 
 UI_PATH = "/ui"
+#: Body cap under /ui (file uploads; Gradio enforces its own, smaller, max_file_size).
+UI_MAX_BODY_BYTES = 512 * 2**20
 
 _DESCRIPTION = """
 Train cell-segmentation models from sparse annotations, and segment with Segment Anything.
@@ -77,7 +79,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return RedirectResponse(f"{UI_PATH}/" if ui else "/docs", status_code=307)
 
     # Added last = outermost: the token is checked first, then the body size.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # The UI has its own upload limit (Gradio's max_file_size); its bodies may be larger.
+    ui_cap = max(settings.max_body_bytes, UI_MAX_BODY_BYTES)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       prefix_limits={UI_PATH: ui_cap} if ui else None)
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token, exempt=("/api/v1/health",))
     return app

@@ -74,7 +74,7 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "ServerSettings":
-        """Settings from ``CELLSPARSE_*`` environment variables; ``overrides`` win (None ignored)."""
+        """Settings from ``CELLSPARSE_*`` environment variables; ``overrides`` (not None) win."""
         values: dict[str, Any] = {}
         if os.environ.get(ENV_TOKEN):
             values["token"] = os.environ[ENV_TOKEN]

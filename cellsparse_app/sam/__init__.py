@@ -4,7 +4,8 @@ Public API (core code: no UI, no web framework):
 
 * :class:`SamConfig`, :class:`AutoMaskConfig`, :class:`RenderConfig` (:mod:`.config`);
 * :class:`SamAnnotator` (:mod:`.predictor`): ``segment_from_points``, ``segment_from_box``,
-  ``segment(image, Prompt)``, ``set_image``, ``generate``/``generate_masks``; :class:`AnnotatorPool`;
+  ``segment(image, Prompt)``, ``set_image``, ``generate``/``generate_masks``;
+  :class:`AnnotatorPool`;
 * :class:`Prompt` (:mod:`.prompts`): the one place where ``(row, col)`` meets SAM's ``(x, y)``;
 * :class:`MaskResult`, :func:`paint_masks` (:mod:`.results`), :class:`AutoMaskResult`;
 * :class:`WeightsManager`, :data:`OFFICIAL_WEIGHTS`, :func:`default_cache_dir` (:mod:`.weights`),

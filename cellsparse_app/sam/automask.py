@@ -87,7 +87,8 @@ def to_result(masks: np.ndarray, scores: np.ndarray, stability: np.ndarray, mode
     if len(masks):
         areas = masks.reshape(len(masks), -1).sum(axis=1)
         small_enough = areas <= cfg.max_mask_region_fraction * h * w
-        masks, scores, stability = masks[small_enough], scores[small_enough], stability[small_enough]
+        masks, scores = masks[small_enough], scores[small_enough]
+        stability = stability[small_enough]
     labels, index = paint_masks(masks, scores, min_area=cfg.min_mask_region_area,
                                 min_visible_fraction=cfg.min_visible_fraction, return_index=True)
     return AutoMaskResult(labels, scores[index].astype(np.float32),

@@ -201,7 +201,8 @@ class RenderConfig(JsonConfig):
                 raise ValueError(f"channels must be indices >= 0, got {self.channels}")
         if not 0 <= self.lower < self.upper <= 100:
             raise ValueError(
-                f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}"
+                "percentiles must satisfy 0 <= lower < upper <= 100, got "
+                f"{self.lower}, {self.upper}"
             )
 
 

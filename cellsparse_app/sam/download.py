@@ -162,7 +162,8 @@ def download(
     dest = Path(dest)
     policy.check_url(url)
     if expected_size is not None and expected_size > policy.max_bytes:
-        raise DownloadError(f"{dest.name}: {expected_size} bytes exceeds the cap of {policy.max_bytes}")
+        raise DownloadError(
+            f"{dest.name}: {expected_size} bytes exceeds the cap of {policy.max_bytes}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     opener = urllib.request.build_opener(_PolicyRedirects(policy))
     request = urllib.request.Request(url, headers={"User-Agent": "cellsparse-app"})
@@ -191,7 +192,8 @@ def _stream(opener, request, out, name, expected_size, policy, progress, should_
     try:
         response = opener.open(request, timeout=policy.timeout)
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{name}: server answered HTTP {exc.code} for {request.full_url}") from exc
+        raise DownloadError(
+            f"{name}: server answered HTTP {exc.code} for {request.full_url}") from exc
     except DownloadError:
         raise
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -243,7 +245,8 @@ class _PolicyRedirects(urllib.request.HTTPRedirectHandler):
         try:
             self.policy.check_url(newurl)
         except DownloadError as exc:
-            raise DownloadError(f"refused redirect from {req.full_url} to {newurl}: {exc}") from None
+            raise DownloadError(
+                f"refused redirect from {req.full_url} to {newurl}: {exc}") from None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 

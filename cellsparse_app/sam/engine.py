@@ -102,7 +102,7 @@ class SamEngine:
         return self._onnx
 
     def encode(self, rgb: np.ndarray) -> SamEmbedding:
-        """Embed an ``(H, W, 3) uint8`` RGB image (see :func:`cellsparse_app.sam.render.render_rgb`)."""
+        """Embed an ``(H, W, 3) uint8`` RGB image (see :func:`~cellsparse_app.sam.render_rgb`)."""
         import torch
 
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:

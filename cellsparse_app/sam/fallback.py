@@ -58,7 +58,7 @@ class FallbackEmbedding:
 
 
 class FallbackEngine:
-    """Classical segmenter with the engine interface of :class:`~cellsparse_app.sam.engine.SamEngine`."""
+    """Classical segmenter with the interface of :class:`~cellsparse_app.sam.engine.SamEngine`."""
 
     name = NAME
 
@@ -134,7 +134,8 @@ def segment_prompt(gray: np.ndarray, prompt: Prompt,
     return masks, scores
 
 
-def _segment_window(gray, window, pos, neg, bright, *, boxed: bool) -> list[tuple[np.ndarray, float]]:
+def _segment_window(gray, window, pos, neg, bright, *,
+                    boxed: bool) -> list[tuple[np.ndarray, float]]:
     """Candidates ``[(mask of the window, score), ...]`` best first (at least one)."""
     r0, c0, r1, c1 = window
     sub = gray[r0:r1, c0:c1]
@@ -224,7 +225,8 @@ def automatic_masks(embedding: FallbackEmbedding,
 
 
 def _inside(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    ok = (points[:, 0] >= 0) & (points[:, 0] < shape[0]) & (points[:, 1] >= 0) & (points[:, 1] < shape[1])
+    ok = ((points[:, 0] >= 0) & (points[:, 0] < shape[0])
+          & (points[:, 1] >= 0) & (points[:, 1] < shape[1]))
     return points[ok]
 
 

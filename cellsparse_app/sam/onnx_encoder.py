@@ -134,7 +134,8 @@ def load_onnx_encoder(
         ) from exc
     import torch
 
-    key = f"{name}-{fingerprint_module(encoder)}-t{torch.__version__.split('+')[0]}-v{EXPORT_VERSION}"
+    torch_version = torch.__version__.split("+")[0]
+    key = f"{name}-{fingerprint_module(encoder)}-t{torch_version}-v{EXPORT_VERSION}"
     directory = Path(directory)
     path = directory / f"{key}-{precision}.onnx"
     with _EXPORT_LOCK:
@@ -171,15 +172,21 @@ def _export(encoder: Any, path: Path) -> None:
 
 
 def _quantize(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the MatMul weights (after ORT's recommended pre-processing)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=dst.parent)
     os.close(fd)
+    pre = Path(tmp).with_suffix(".pre.onnx")
     try:
-        quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), tmp, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"])
         os.replace(tmp, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
 
 
 def _check(encoder: Any, path: Path, precision: str, threads: int | None) -> dict[str, float]:

@@ -73,11 +73,35 @@ class SamAnnotator:
 
     # -- backend ---------------------------------------------------------------------------------
     def load(self) -> "SamAnnotator":
-        """Load the backend now (otherwise on first use); returns self."""
+        """Load the backend now (otherwise on first use); returns self.
+
+        While the fallback stands in for missing weights, each call checks (one ``stat``)
+        whether the weights have arrived meanwhile (downloaded or registered through the
+        weights manager, or put in the cache by hand) and then switches to SAM.
+        """
         with self._lock:
+            if self._engine is not None and self.notice is not None and self._weights_arrived():
+                logger.info("SAM weights are now available: leaving the fallback")
+                self._engine, self.notice = None, None
+                self._cache.clear()
             if self._engine is None:
                 self._engine = self._create_engine()
         return self
+
+    def reload(self) -> "SamAnnotator":
+        """Forget the loaded backend and every cached embedding, then load again."""
+        with self._lock:
+            self._engine, self.notice = None, None
+            self._cache.clear()
+        return self.load()
+
+    def _weights_arrived(self) -> bool:
+        spec = get_backend(self.config.model_type)
+        name = self.config.weights or spec.weights
+        try:
+            return name is not None and self.weights.is_available(name)
+        except ValueError:  # unknown registered name
+            return False
 
     @property
     def engine(self) -> Any:
@@ -129,7 +153,9 @@ class SamAnnotator:
         image = validate_image(image)
         engine = self.engine
         key = image_key(image, render, engine.name)
-        return key, self._cache.get_or_compute(key, lambda: engine.encode(render_rgb(image, render)))
+        embedding = self._cache.get_or_compute(
+            key, lambda: engine.encode(render_rgb(image, render)))
+        return key, embedding
 
     def cache_info(self) -> dict[str, int]:
         """Cache statistics plus ``encoder_calls`` (images encoded since loading)."""

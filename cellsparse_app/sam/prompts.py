@@ -80,7 +80,9 @@ class Prompt:
             points_rc: ``(N, 2)`` ``(row, col)`` points, or None.
             labels: ``(N,)`` 1/0 labels; None means all positive.
             box_rc: ``(row0, col0, row1, col1)``, inclusive corners, or None.
-            mask_input: ``(256, 256)`` or ``(1, 256, 256)`` logits, or None.
+            mask_input: ``(256, 256)`` or ``(1, 256, 256)`` logits (a previous result's
+                ``logits[i]``), or a mask of the image's shape (converted by
+                :func:`mask_to_logits`), or None.
 
         Raises:
             ValueError: no prompt at all, wrong shapes, point/label count mismatch, labels other
@@ -113,7 +115,8 @@ class Prompt:
                     raw = raw.astype(np.int32)
                 if not np.all(np.isin(raw, (0, 1))):
                     raise ValueError(
-                        f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(raw.tolist()))}"
+                        "point labels must be 1 (positive) or 0 (negative), got "
+                        f"{sorted(set(raw.tolist()))}"
                     )
                 labels_arr = raw.astype(np.int32)
         elif labels is not None and len(labels) > 0:
@@ -135,13 +138,17 @@ class Prompt:
                     "image"
                 )
         if mask_input is not None:
-            mask = np.asarray(mask_input, dtype=np.float32)
+            mask = np.asarray(mask_input)
+            if mask.shape == (h, w) and (h, w) != (LOW_RES, LOW_RES):
+                mask = mask_to_logits(mask)
+            mask = mask.astype(np.float32)
             if mask.shape == (LOW_RES, LOW_RES):
                 mask = mask[None]
             if mask.shape != (1, LOW_RES, LOW_RES):
                 raise ValueError(
                     f"mask_input must be low-resolution logits of shape ({LOW_RES}, {LOW_RES}) "
-                    f"(a previous result's logits), got {mask.shape}"
+                    f"(a previous result's logits) or a mask of the image's shape {(h, w)}, "
+                    f"got {mask.shape}"
                 )
             _check_finite("mask_input", mask)
         if points is None and box is None:
@@ -201,6 +208,27 @@ class Prompt:
         coords = None if self.points_rc is None else self.points_rc[:, ::-1].copy()
         box = None if self.box_rc is None else self.box_rc[[1, 0, 3, 2]].copy()
         return SamPrompt(coords, self.labels, box, self.mask_input)
+
+
+def mask_to_logits(mask: np.ndarray, side: int = 1024, strength: float = 8.0) -> np.ndarray:
+    """A full-resolution mask (non-zero = object) as SAM's ``(256, 256)`` mask-prompt logits.
+
+    The mask is placed like SAM places the image (longest side scaled to ``side``, padded at the
+    bottom/right) and averaged down to 256x256; inside maps to ``+strength``, outside to
+    ``-strength``.
+    """
+    from scipy import ndimage as ndi
+
+    m = (np.asarray(mask) > 0).astype(np.float32)
+    h, w = m.shape
+    scale = side / max(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    resized = ndi.zoom(m, (new_h / h, new_w / w), order=1)[:new_h, :new_w]
+    canvas = np.zeros((side, side), dtype=np.float32)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    f = side // LOW_RES
+    low = canvas.reshape(LOW_RES, f, LOW_RES, f).mean(axis=(1, 3))
+    return ((2.0 * low - 1.0) * strength).astype(np.float32)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:

@@ -12,7 +12,8 @@ fallback   classical threshold + watershed     (none)               (none)
 
 A new family (e.g. SAM2) is one more :class:`BackendSpec` with its own ``family`` and a builder
 in :func:`build_network`; everything above the registry talks to backends through
-:class:`~cellsparse_app.sam.engine.SamEngine` or :class:`~cellsparse_app.sam.fallback.FallbackEngine`.
+:class:`~cellsparse_app.sam.engine.SamEngine` or
+:class:`~cellsparse_app.sam.fallback.FallbackEngine`.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no pickled code runs) and must match
 the architecture exactly; the model type is inferred from the state dict to give a clear error.
@@ -39,7 +40,7 @@ class BackendSpec:
         family: ``mobile_sam``, ``segment_anything`` or ``classical`` (``sam2`` later).
         module: Python module providing the architecture (None: pure numpy/scikit-image).
         package: pip package that provides ``module``.
-        weights: name of the official weights in :data:`cellsparse_app.sam.weights.OFFICIAL_WEIGHTS`.
+        weights: name of the official weights (:data:`~cellsparse_app.sam.OFFICIAL_WEIGHTS`).
         cpu_engine: encoder engine that ``encoder_engine="auto"`` picks on CPU (measured with
             ``python -m bench sam``: ONNX Runtime wins for TinyViT, not for the plain ViTs).
         description: one line for people.

@@ -37,7 +37,8 @@ class MaskResult:
 
     def __post_init__(self) -> None:
         if self.masks.ndim != 3 or self.masks.dtype != bool:
-            raise ValueError(f"masks must be bool (M, H, W), got {self.masks.dtype} {self.masks.shape}")
+            raise ValueError(
+                f"masks must be bool (M, H, W), got {self.masks.dtype} {self.masks.shape}")
         if self.scores.shape != (len(self.masks),):
             raise ValueError(f"{len(self.masks)} masks but scores of shape {self.scores.shape}")
 
@@ -74,8 +75,9 @@ class MaskResult:
         return painted
 
 
-def select_masks(masks: np.ndarray, scores: np.ndarray, mode: str,
-                 logits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def select_masks(
+    masks: np.ndarray, scores: np.ndarray, mode: str, logits: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pick masks by output mode, keeping each score with its own mask.
 
     Args:

@@ -62,7 +62,7 @@ def status_markdown(message: str) -> str:
 
 
 def image_choices(records: Sequence[ImageRecord]) -> list[tuple[str, str]]:
-    return [(f"{r.name} ({r.shape[1]}×{r.shape[0]})", r.id) for r in records]
+    return [(r.name, r.id) for r in records]
 
 
 def image_info(record: ImageRecord, has_example_truth: bool = False) -> str:

@@ -186,8 +186,8 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                         with gr.Row():
                             scope = gr.Radio([("This image", "current"), ("All images", "all")],
                                              value="current", label="Predict")
-                            prob = gr.Number(None, label="Probability threshold (empty: model "
-                                             "default)", minimum=0, maximum=1)
+                            prob = gr.Number(0, label="Probability threshold (0: model default)",
+                                             minimum=0, maximum=1, step=0.05)
                             min_size = gr.Number(15, label="Min object size (px)", precision=0,
                                                  minimum=0)
                         with gr.Row():

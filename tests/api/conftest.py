@@ -9,7 +9,8 @@ import pytest
 def real_sample(dsb_fluo):
     """A real 256x256 fluorescence image with its human annotation."""
     for sample in dsb_fluo:
-        if sample.image.shape[:2] == (256, 256) and sample.image.ndim == 2 and sample.mask.max() > 8:
+        if sample.image.shape[:2] == (256, 256) and sample.image.ndim == 2 \
+                and sample.mask.max() > 8:
             return sample
     for sample in dsb_fluo:
         if sample.image.shape[:2] == (256, 256) and sample.mask.max() > 8:

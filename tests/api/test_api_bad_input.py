@@ -4,7 +4,6 @@ written outside the data dir. Run against FastAPI's TestClient and a real ``cell
 from __future__ import annotations
 
 import base64
-import io
 import struct
 import zlib
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from api_helpers import b64png, b64tiff, gray, sparse_wire_labels
 
-TRAIN = {"epochs": 1, "batchsize": 4, "steps": 400, "trainpatch": 128, "lr": 0.001,
-         "max_seconds": 20}
+# Steps, not seconds: the same model on any machine (seeded), so the asserts are exact. 80 steps
+# of 4 patches give a first usable model on a real image (~13 nuclei found, AP50 ~0.35).
+TRAIN = {"epochs": 2, "batchsize": 4, "steps": 40, "trainpatch": 128, "lr": 0.002}
 
 
 def _check_features(features, shape, sam=False):
@@ -35,39 +36,45 @@ def _check_features(features, shape, sam=False):
             assert ring[:, 1].min() >= 0 and ring[:, 1].max() <= h
 
 
-@pytest.mark.parametrize("encode", [b64png, b64tiff], ids=["png", "tiff"])
-def test_cellpose_train_eval_reset_round_trip(target, real_sample, encode, request):
+def test_cellpose_train_eval_reset_round_trip(target, real_sample, request):
     client, root = target
-    name = f"rt-{request.node.callspec.id}".replace("[", "-").replace("]", "")
+    live = "live" in request.node.callspec.id
+    # QuPath's cellsparse extension encodes TIFF; cellsparse-api's docs say PNG: one each.
+    encode = b64tiff if live else b64png
+    name = "round-trip-live" if live else "round-trip"
     image = gray(real_sample.image).astype(np.uint8)
     wire = sparse_wire_labels(real_sample.mask, fraction=0.3)
+    train = TRAIN if not live else {**TRAIN, "epochs": 1, "steps": 20}
     # qupath-extension-cellsparse, older client: one image + label, train and eval
     body = {"modelname": name, "b64img": encode(image), "b64lbl": encode(wire), "train": True,
             "eval": True, "chan1": 0, "chan2": 0, "simplify_tol": 0, "minarea": 10.0,
-            "unknown_future_field": 1, **TRAIN}
+            "unknown_future_field": 1, **train}
     r = client.post("/cellpose/", json=body)
     assert r.status_code == 200, r.text[:500]
     features = r.json()
     _check_features(features, image.shape)
-    assert len(features) > 0, "a 20 s training on a real image should find some nuclei"
     # newer client's inference body: no label, no train flag
     infer = {"modelname": name, "b64img": encode(image), "eval": True, "minarea": 10.0,
              "simplify_tol": 0.0, "chan1": 0, "chan2": 0}
     again = client.post("/cellpose/", json=infer)
     assert again.status_code == 200
-    assert len(again.json()) == len(features)  # the stored model predicts deterministically
-    # AP of the same model on the full human annotation, through our own metrics route
+    assert again.json() == features  # the stored model predicts deterministically
+    # the same model scored against the full human annotation, through our own route
     m = client.post("/api/v1/metrics", json={"truth": b64png(real_sample.mask.astype(np.uint16)),
                                              "image": b64png(image), "model_name": name})
-    assert m.status_code == 200
-    assert m.json()["n_pred"] == len(features)
-    assert m.json()["ap50"] > 0.1
-    assert (root / "data" / "models" / "cellpose" / name / "config.json").is_file()
+    assert m.status_code == 200, m.text[:300]
+    assert m.json()["n_pred"] == len(features) and m.json()["n_true"] == real_sample.mask.max()
+    if not live:
+        assert len(features) >= 5, "80 steps on a real image should find some nuclei"
+        assert m.json()["ap50"] > 0.1
+    config = root / "data" / "models" / "cellpose" / name / "config.json"
+    assert config.is_file()
     # reset -> fresh model: eval now 404, files gone
     reset = client.post("/cellpose/reset/", json={"modelname": name, "pretrained": None})
     assert reset.status_code == 200 and reset.json() == ""
-    assert client.post("/cellpose/", json=infer).status_code == 404
-    assert not (root / "data" / "models" / "cellpose" / name).exists()
+    missing = client.post("/cellpose/", json=infer)
+    assert missing.status_code == 404 and name in missing.json()["detail"]
+    assert not config.parent.exists()
 
 
 def test_newer_client_multi_image_train_body(target, real_sample):
@@ -77,7 +84,7 @@ def test_newer_client_multi_image_train_body(target, real_sample):
     masks = [real_sample.mask[:, :128], real_sample.mask[:, 128:]]
     body = {"modelname": "multi", "b64imgs": [b64png(h) for h in halves],
             "b64lbls": [b64png(sparse_wire_labels(m, 0.5)) for m in masks], "train": True,
-            "eval": False, **{**TRAIN, "max_seconds": 3}}
+            "eval": False, **{**TRAIN, "epochs": 1, "steps": 2}}
     r = client.post("/cellpose/", json=body)
     assert r.status_code == 200 and r.json() == []
     assert client.post("/cellpose/reset/", json={"modelname": "multi"}).status_code == 200
@@ -87,17 +94,18 @@ def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
     client, root = target
     image = gray(real_sample.image).astype(np.uint8)
     body = {"family": "cellpose", "model_name": "jobs", "images": [b64png(image)],
-            "labels": [b64png(sparse_wire_labels(real_sample.mask))], "max_seconds": 60,
-            "resume": False}
+            "labels": [b64png(sparse_wire_labels(real_sample.mask))], "max_seconds": 300,
+            "batch_size": 2, "patch_size": 64, "resume": False}
     r = client.post("/api/v1/jobs", json=body)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     snap = r.json()
-    while snap["step"] < 3 and time.time() < deadline:
-        time.sleep(0.3)
+    while snap["step"] < 10 and time.time() < deadline:  # progress comes every 10 steps
+        time.sleep(0.2)
         snap = client.get(f"/api/v1/jobs/{job_id}").json()
-    assert snap["state"] == "running" and snap["step"] >= 3
+    assert snap["state"] == "running" and snap["step"] >= 10
+    assert 0 < snap["progress"] < 1
     assert len(snap["history"]) >= 1 and all(math.isfinite(h["loss"]) for h in snap["history"])
     assert any(j["id"] == job_id for j in client.get("/api/v1/jobs").json())
     cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel")

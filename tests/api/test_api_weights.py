@@ -103,7 +103,8 @@ def test_cancel_a_running_download(client, files):
     deadline = time.time() + 20
     while time.time() < deadline:
         progress = c.get("/sam/progress/").json()
-        if progress["message"] and "big: running" in progress["message"]:
+        running = progress["message"] and "big: running" in progress["message"]
+        if running and progress["percent"] >= 0:
             break
         time.sleep(0.05)
     assert progress["message"] and "big: running" in progress["message"]

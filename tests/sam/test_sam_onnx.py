@@ -38,6 +38,10 @@ def test_onnx_encoder_matches_pytorch_and_is_cached(vit_t, tmp_path, monkeypatch
     again = onnx_mod.load_onnx_encoder(encoder, tmp_path, "vit_t", precision="fp32")
     assert again.path == onnx.path
     assert onnx_mod.fingerprint_module(encoder) in onnx.path.name
+    # int8: quantised from the cached fp32 export, approximate but close.
+    int8 = onnx_mod.load_onnx_encoder(encoder, tmp_path, "vit_t", precision="int8", threads=2)
+    assert int8.path.name.endswith("-int8.onnx")
+    assert onnx_mod.compare_outputs(reference, int8(x).numpy())["cosine"] > 0.98
 
 
 def test_disagreeing_export_is_deleted_and_refused(tmp_path, monkeypatch):

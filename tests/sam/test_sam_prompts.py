@@ -62,9 +62,15 @@ def test_bad_prompts_raise_clear_value_errors(kwargs, message):
         Prompt.create((100, 200), **kwargs)
 
 
-def test_mask_input_is_accepted_2d_or_3d():
+def test_mask_input_is_accepted_2d_or_3d_or_as_a_full_size_mask():
     prompt = Prompt.create((40, 40), [(3, 3)], mask_input=np.zeros((256, 256)))
     assert prompt.mask_input.shape == (1, 256, 256)
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, :100] = True  # left half of a landscape image
+    logits = Prompt.create((100, 200), [(3, 3)], mask_input=mask).mask_input[0]
+    # SAM's frame: 200 -> 1024 wide, 100 -> 512 high, padded below: 128 of 256 rows used.
+    assert logits[:120, :120].min() > 7 and logits[:120, 136:].max() < -7
+    assert logits[136:].max() < -7
 
 
 def _candidates():

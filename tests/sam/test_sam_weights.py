@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import threading
 import time
@@ -151,6 +152,24 @@ def test_annotator_falls_back_offline_and_says_so(tmp_path):
                           weights=WeightsManager(tmp_path))
     with pytest.raises(WeightsUnavailableError, match="mobile_sam.pt"):
         strict.load()
+
+
+def test_weights_arriving_later_end_the_fallback(tmp_path):
+    if importlib.util.find_spec("mobile_sam") is None:
+        pytest.skip("mobilesam-mirror is not installed")
+    import torch
+
+    from cellsparse_app.sam.registry import build_network
+
+    manager = WeightsManager(tmp_path)
+    manager.register("mine", "vit_t", "https://huggingface.co/someone/mine/resolve/main/mine.pt")
+    cfg = SamConfig(model_type="vit_t", weights="mine", download=False, encoder_engine="torch")
+    annotator = SamAnnotator(cfg, weights=manager)
+    assert annotator.is_fallback
+    # e.g. downloaded through the API meanwhile, or copied into the cache by hand
+    torch.save(build_network(get_backend("vit_t"), seed=1).state_dict(), manager.path("mine"))
+    assert not annotator.is_fallback
+    assert annotator.model_name == "mine" and annotator.notice is None
 
 
 def test_missing_explicit_checkpoint_is_an_error_not_a_fallback(tmp_path):

@@ -25,7 +25,8 @@ def test_session_start_says_which_sam(ctx):
 def test_example_loads_with_truth_and_switches_tab(ctx, ws, example_truth, pixels):
     out = img.load_example(ctx)(ws)
     canvas = pixels(out[CANVAS])
-    assert out[DROPDOWN]["choices"][0][0].startswith("example_nuclei (360×360)")
+    assert out[DROPDOWN]["choices"] == [("example_nuclei", ws.current)]
+    assert "360×360 px" in out[INFO]
     assert "ground truth" in out[INFO]
     assert canvas.shape == (360, 360, 3) and canvas.dtype == np.uint8
     assert canvas.max() == 255  # the dim raw image (4..48) is contrast-stretched
