@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cellsparse_app.sam import fast_decoder
 from cellsparse_app.sam.config import SamConfig
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendSpec, build_network, get_backend, load_weights
@@ -38,11 +39,14 @@ class SamEmbedding:
         features: ``float32 (1, 256, 64, 64)`` tensor on the engine's device.
         input_size: ``(h, w)`` of the resized image inside SAM's 1024x1024 input.
         original_size: ``(H, W)`` of the image.
+        decoder_cache: per-image part of the decoder's first layer
+            (:class:`~cellsparse_app.sam.fast_decoder.DecoderCache`), or None.
     """
 
     features: Any
     input_size: tuple[int, int]
     original_size: tuple[int, int]
+    decoder_cache: Any = None
 
 
 class SamEngine:
@@ -78,6 +82,8 @@ class SamEngine:
         self.encoder_calls = 0
         self._onnx: Any = None
         self._pe: Any = None
+        #: Use :mod:`cellsparse_app.sam.fast_decoder` (same results, faster) when it applies.
+        self.use_fast_decoder = fast_decoder.supports(self.model)
         self._encode_lock = threading.Lock()
         transforms = importlib.import_module(f"{spec.module}.utils.transforms")
         self.transform = transforms.ResizeLongestSide(self.model.image_encoder.img_size)
@@ -114,9 +120,10 @@ class SamEngine:
             input_size = (int(x.shape[-2]), int(x.shape[-1]))
             with torch.inference_mode():
                 x = self.model.preprocess(x)
-                features = self._run_encoder(x)
-        return SamEmbedding(features.float().to(self.device), input_size,
-                            (int(rgb.shape[0]), int(rgb.shape[1])))
+                features = self._run_encoder(x).float().to(self.device)
+                cache = (fast_decoder.build_cache(self.model, features, self._dense_pe())
+                         if self.use_fast_decoder else None)
+        return SamEmbedding(features, input_size, (int(rgb.shape[0]), int(rgb.shape[1])), cache)
 
     def _run_encoder(self, x: Any) -> Any:
         import torch
@@ -155,17 +162,23 @@ class SamEngine:
             if sam.mask_input is not None:
                 masks_in = torch.as_tensor(sam.mask_input, dtype=torch.float32, device=dev)[None]
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-            low_res, quality = self.model.mask_decoder(
-                image_embeddings=embedding.features,
-                image_pe=self._dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=mode != "single",
-            )
-            scores = quality[0].float().cpu().numpy()
-            if mode in ("best", "single"):  # pick first, upscale one mask only
-                index = [int(np.argmax(scores))] if mode == "best" else [0]
-                low_res, scores = low_res[:, index], scores[index]
+            if embedding.decoder_cache is not None:
+                low_res, quality, _ = fast_decoder.predict_masks(
+                    self.model, embedding.decoder_cache, sparse,
+                    None if masks_in is None else dense, mode)
+                scores = quality.float().cpu().numpy()
+            else:
+                low_res, quality = self.model.mask_decoder(
+                    image_embeddings=embedding.features,
+                    image_pe=self._dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=mode != "single",
+                )
+                scores = quality[0].float().cpu().numpy()
+                if mode == "best":  # pick first, upscale one mask only
+                    index = [int(np.argmax(scores))]
+                    low_res, scores = low_res[:, index], scores[index]
             logits = self.model.postprocess_masks(low_res, embedding.input_size, size)
             masks = (logits[0] > self.model.mask_threshold).cpu().numpy()
             low = low_res[0].float().cpu().numpy()

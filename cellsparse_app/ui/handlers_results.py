@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require
@@ -72,15 +73,17 @@ def correct(ws: Workspace | None) -> tuple:
     return (gr.update(selected=ANNOTATE_TAB), SELECT, True, *canvas_outputs(view))
 
 
-def _export_dir(ws: Workspace) -> Path:
-    return ws.directory / "exports" / time.strftime("%Y%m%d-%H%M%S")
+def _export_dir() -> Path:
+    # Straight into Gradio's cache (random name): served from there whatever folder the
+    # sessions live in, and cleaned up with the cache (``delete_cache`` in layout.py).
+    return Path(get_upload_folder()) / f"cs-export-{uuid.uuid4().hex}"
 
 
 @friendly
 def export(ws: Workspace | None, source: str, scope: str, formats: list[str]) -> list[str]:
     """Write the chosen formats; returns the files for download."""
     ws = require(ws)
-    paths = ws.export(source, scope, list(formats or []), _export_dir(ws))
+    paths = ws.export(source, scope, list(formats or []), _export_dir())
     gr.Info(f"Exported {len(paths)} file(s)")
     return [str(p) for p in paths]
 
@@ -88,13 +91,13 @@ def export(ws: Workspace | None, source: str, scope: str, formats: list[str]) ->
 @friendly
 def export_model(ws: Workspace | None) -> str:
     ws = require(ws)
-    return str(ws.export_model(_export_dir(ws)))
+    return str(ws.export_model(_export_dir()))
 
 
 @friendly
 def save_project(ws: Workspace | None) -> str:
     ws = require(ws)
-    dest = _export_dir(ws)
+    dest = _export_dir()
     dest.mkdir(parents=True, exist_ok=True)
     return str(ws.save_project(dest / "cellsparse_project.zip"))
 

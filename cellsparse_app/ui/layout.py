@@ -239,14 +239,21 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
 
         demo.load(lambda: img.start_session(ctx), None, [state, sam_md])
         warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], **sam)
-        files.upload(img.upload, [state, files], image_out).success(**warm)
+        # Clear the upload box afterwards: the next upload then adds only the new files.
+        files.upload(img.upload, [state, files], image_out).then(
+            lambda: None, None, [files]).success(**warm)
         example_btn.click(img.load_example(ctx), [state], image_out).success(**warm)
         image_dd.input(img.select_image, [state, image_dd], image_out).success(**warm)
         apply_btn.click(img.apply_display, [state, channels, low, high], image_out).success(**warm)
         remove_btn.click(img.remove_image, [state], image_out)
 
-        canvas.select(ann.click, [state, mode], canvas_out, trigger_mode="multiple",
-                      show_progress="hidden", **sam)
+        import os
+        if os.environ.get("CS_NOQUEUE"):
+            canvas.select(ann.click, [state, mode], canvas_out, trigger_mode="multiple",
+                          show_progress="hidden", queue=False)
+        else:
+            canvas.select(ann.click, [state, mode], canvas_out, trigger_mode="multiple",
+                          show_progress="hidden", **sam)
         for button, handler in ((fg_btn, ann.accept_foreground), (bg_btn, ann.accept_background),
                                 (clear_btn, ann.clear_prompts), (undo_btn, ann.undo),
                                 (delete_btn, ann.delete_selected),

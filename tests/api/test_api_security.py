@@ -113,3 +113,20 @@ def test_error_mapping(exc, status):
         assert "boom" not in http.detail and "RuntimeError" in http.detail
     elif isinstance(exc, KeyError):
         assert http.detail == "no job"
+
+
+def test_live_server_ui_and_file_tree(live_server):
+    """`cellsparse serve` binds 127.0.0.1, mounts the UI, and writes nothing in $HOME."""
+    import httpx
+
+    from api_helpers import tree
+
+    assert live_server.url.startswith("http://127.0.0.1:")
+    root = httpx.get(live_server.url + "/", follow_redirects=False, timeout=30)
+    assert root.status_code == 307
+    if root.headers["location"] == "/ui/":  # the UI package is installed
+        ui = httpx.get(live_server.url + "/ui/", timeout=60)
+        assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
+    docs = httpx.get(live_server.url + "/openapi.json", timeout=30).json()
+    assert "/cellpose/" in docs["paths"] and "/sam/" in docs["paths"]
+    assert tree(live_server.home) == set()

@@ -28,7 +28,12 @@ for (const [r, c] of JSON.parse(process.env.CLICKS)) {
   }, [r, c]);
   await page.mouse.click(p.x, p.y);
   await page.waitForFunction(() => window.__cs.shown !== null, null, { timeout: 30000 });
-  out.push(Math.round(await page.evaluate(() => { window.__w.disconnect(); return window.__cs.shown - window.__cs.clicked; })));
+  out.push(await page.evaluate(() => { window.__w.disconnect();
+    const img = document.querySelector("#canvas img");
+    const e = performance.getEntriesByName(img.src).pop();
+    const c = window.__cs.clicked;
+    return e ? [Math.round(window.__cs.shown - c), Math.round(e.startTime - c), Math.round(e.responseEnd - e.startTime)]
+             : [Math.round(window.__cs.shown - c)]; }));
   await page.getByRole("button", { name: "Clear prompts" }).click();
   await page.waitForTimeout(300);
 }

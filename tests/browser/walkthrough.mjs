@@ -237,6 +237,16 @@ try {
   await shot("08_exported.png");
   step("exported", { files: results.files });
 
+  // 10. Another browser tab is another user: it sees none of this session's data.
+  const other = await context.newPage();
+  await other.goto(APP_URL, { waitUntil: "domcontentloaded" });
+  await other.waitForFunction(() => /Segment Anything:\s*(?!loading)\S/.test(
+    document.querySelector("#cs-sam-status")?.innerText || ""));
+  const otherInfo = (await other.locator("#cs-image-info").innerText()).trim();
+  check(otherInfo === "No image yet.", `a second session starts empty: ${otherInfo}`);
+  await other.close();
+  step("second session isolated");
+
   results.error_toasts = await errorToasts();
   results.ok = true;
 } catch (err) {

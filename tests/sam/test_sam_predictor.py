@@ -5,6 +5,7 @@ Random weights give meaningless masks but exercise the real architecture and cod
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -39,6 +40,27 @@ def test_every_mode_gives_boolean_masks_with_paired_scores(vit_t, nuclei_image, 
         assert result.mask.sum() == areas.max()
     elif mode == "smallest":
         assert result.mask.sum() == areas.min()
+
+
+def test_fast_decoder_gives_the_library_decoders_answers(vit_t, nuclei_image):
+    """The reorganised decoder path equals segment-anything's MaskDecoder (float rounding)."""
+    image, _ = nuclei_image
+    key = vit_t.set_image(image)
+    fast = vit_t._cache.get_or_compute(key, lambda: None)
+    assert fast.decoder_cache is not None
+    library = dataclasses.replace(fast, decoder_cache=None)
+    engine = vit_t.engine
+    previous = vit_t.segment_from_points(image, [(100, 120)], mode="all").logits[0]
+    prompts = [Prompt.create(image.shape, [(100, 120)]),
+               Prompt.create(image.shape, [(100, 120), (20, 30)], [1, 0], box_rc=(60, 70, 150, 170)),
+               Prompt.create(image.shape, [(100, 120)], mask_input=previous)]
+    for prompt in prompts:
+        for mode in ("single", "all", "best", "largest"):
+            m1, s1, l1 = engine.decode(fast, prompt, mode)
+            m2, s2, l2 = engine.decode(library, prompt, mode)
+            np.testing.assert_allclose(s1, s2, atol=1e-5)
+            np.testing.assert_allclose(l1, l2, atol=1e-4)
+            assert np.mean(m1 != m2) < 1e-4  # a pixel may flip at exactly the threshold
 
 
 def test_second_prompt_on_the_same_image_does_not_re_encode(vit_t, nuclei_image):
