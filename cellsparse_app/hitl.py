@@ -93,6 +93,7 @@ def train_round(
     """
     from cellsparse_app.train import TrainedModel, train_iter
 
+    snapshot = project.snapshot()  # the user may keep annotating while this round trains
     ids, images, labels = project.training_data()
     totals = project.totals()
     if not ids:
@@ -130,9 +131,9 @@ def train_round(
         # The consumer went away (page closed, event cancelled): stop cleanly, keep the model.
         stop_now[0] = True
         model = _drain(engine)
-        _save_round(project, model, cfg, parent, history, start, totals)
+        _save_round(project, model, cfg, parent, history, start, totals, snapshot)
         raise
-    return _save_round(project, model, cfg, parent, history, start, totals)
+    return _save_round(project, model, cfg, parent, history, start, totals, snapshot)
 
 
 def _drain(engine: Generator) -> Any:
@@ -143,7 +144,10 @@ def _drain(engine: Generator) -> Any:
         return finished.value
 
 
-def _save_round(project, model, cfg, parent, history, start, totals) -> RoundRecord | None:
+def _save_round(
+    project: Project, model: Any, cfg: Any, parent: int | None, history: list[dict[str, float]],
+    start: float, totals: dict[str, int], snapshot: dict[str, np.ndarray],
+) -> RoundRecord | None:
     if model is None or not history or history[-1]["step"] < 1:
         logger.info("training stopped before the first step; no round saved")
         return None
@@ -156,7 +160,7 @@ def _save_round(project, model, cfg, parent, history, start, totals) -> RoundRec
         cancelled=bool(meta.get("cancelled", False)), n_objects=totals["n_objects"],
         background_px=totals["background_px"], history=history[::step],
     )
-    return project.add_round(model, record)
+    return project.add_round(model, record, snapshot)
 
 
 def predict_images(

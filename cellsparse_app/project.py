@@ -211,16 +211,24 @@ class Project:
         """Directory of the model of round ``index`` (default: active round)."""
         return self._round_dir(self.round(index).index) / "model"
 
-    def add_round(self, model: Any, record: RoundRecord) -> RoundRecord:
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Copies of every image's current annotation (what a training run starts from)."""
+        with self._lock:
+            return {image_id: self.labels(image_id) for image_id in self._images}
+
+    def add_round(
+        self, model: Any, record: RoundRecord, snapshot: dict[str, np.ndarray] | None = None
+    ) -> RoundRecord:
         """Save a trained model (anything with ``save(directory)``) and the annotations it was
-        trained on as round ``record.index``, and make it the active round."""
+        trained on (``snapshot`` from :meth:`snapshot` taken when training started; default:
+        the current ones) as round ``record.index``, and make it the active round."""
         with self._lock:
             if any(r.index == record.index for r in self._rounds):
                 raise ValueError(f"round {record.index} exists already")
             folder = self._round_dir(record.index)
             model.save(folder / "model")
-            for image_id in self._images:
-                _write_int(folder / "annotations" / f"{image_id}.tif", self._editors[image_id].labels)
+            for image_id, labels in (snapshot or self.snapshot()).items():
+                _write_int(folder / "annotations" / f"{image_id}.tif", labels)
             self._rounds.append(record)
             self.active_round = record.index
             self._write_manifest()
@@ -269,7 +277,9 @@ class Project:
                     return rec.index, labels
         return None
 
-    def set_metrics(self, image_id: str, kind: str, metrics: dict, index: int | None = None) -> None:
+    def set_metrics(
+        self, image_id: str, kind: str, metrics: dict, index: int | None = None
+    ) -> None:
         """Record metrics of round ``index`` on an image (``kind``: annotations or truth)."""
         with self._lock:
             rec = self.round(index)
@@ -299,7 +309,10 @@ class Project:
 
     @classmethod
     def load_zip(
-        cls, source: str | Path | bytes, directory: str | Path, limits: ExtractLimits = ExtractLimits()
+        cls,
+        source: str | Path | bytes,
+        directory: str | Path,
+        limits: ExtractLimits = ExtractLimits(),
     ) -> "Project":
         """Open a project zip (from :meth:`save_zip`) into an empty ``directory``.
 

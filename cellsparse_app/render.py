@@ -148,7 +148,9 @@ def annotation_overlay(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def instances_overlay(display: np.ndarray, instances: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def instances_overlay(
+    display: np.ndarray, instances: np.ndarray, alpha: float = 0.45
+) -> np.ndarray:
     """Predicted (or any) instances as translucent colours with outlines."""
     out = display.astype(np.float32).copy()
     objects = instances > 0
@@ -258,7 +260,8 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
 def _disc(out: np.ndarray, centre: tuple[int, int], radius: int, colour) -> None:
     r, c = int(centre[0]), int(centre[1])
     h, w = out.shape[:2]
-    r0, r1, c0, c1 = max(r - radius, 0), min(r + radius + 1, h), max(c - radius, 0), min(c + radius + 1, w)
+    r0, r1 = max(r - radius, 0), min(r + radius + 1, h)
+    c0, c1 = max(c - radius, 0), min(c + radius + 1, w)
     if r0 >= r1 or c0 >= c1:
         return
     rr, cc = np.ogrid[r0:r1, c0:c1]

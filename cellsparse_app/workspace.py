@@ -108,10 +108,10 @@ class Workspace(RoundsMixin):
         """Read image files into the project; the first becomes current. Returns its id."""
         if not sources:
             raise ValueError("no file given: choose a PNG, JPEG or TIFF image")
-        ids = []
-        for i, source in enumerate(sources):
-            name = names[i] if names else Path(source).name
-            ids.append(self.project.add_image(read_image(source, name=name), name))
+        names = names or [Path(s).name for s in sources]
+        # Read (and check) every file first: one bad file adds none of them.
+        images = [read_image(source, name=name) for source, name in zip(sources, names)]
+        ids = [self.project.add_image(image, name) for image, name in zip(images, names)]
         self.select_image(ids[0])
         return ids[0]
 

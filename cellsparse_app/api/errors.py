@@ -19,6 +19,16 @@ from cellsparse_app.jobs import QueueFullError
 logger = logging.getLogger(__name__)
 
 
+#: Error answers shared by every route, for the OpenAPI schema (the message is in ``detail``).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"description": "Bad input: the message in `detail` says what to fix"},
+    401: {"description": "Missing or wrong API token (servers started with a token)"},
+    404: {"description": "Unknown model or job"},
+    413: {"description": "Body or image larger than the server's limits"},
+    422: {"description": "Request body does not match the schema"},
+}
+
+
 class PayloadTooLarge(ValueError):
     """An image or body over the configured size caps (413)."""
 

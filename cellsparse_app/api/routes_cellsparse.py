@@ -18,13 +18,21 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from cellsparse_app.api import codec
-from cellsparse_app.api.errors import core_errors
+from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.state import AppState, get_state, require_family
 from cellsparse_app.store import validate_name
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["cellsparse-api compatible"])
+router = APIRouter(
+    tags=["cellsparse-api compatible"],
+    responses={
+        **ERROR_RESPONSES,
+        409: {"description": "The training job was cancelled (the previous model is kept)"},
+        429: {"description": "Too many training jobs are waiting"},
+        501: {"description": "This model family is not available on this server"},
+    },
+)
 
 #: cellsparse-api ``pretrained`` values that mean "start from scratch".
 FRESH_PRETRAINED = (None, "", "random", "none", "scratch")
@@ -91,10 +99,10 @@ def _labels(body: CellsparseBody, images: list, st: AppState) -> list:
     if len(encoded) != len(images):
         raise ValueError(f"{len(images)} image(s) but {len(encoded)} label image(s)")
     cap = st.settings.max_image_pixels
+    names = ["b64lbl"] if len(encoded) == 1 else [f"b64lbls[{i}]" for i in range(len(encoded))]
     return [
-        codec.decode_wire_labels(data, im.shape, "b64lbl" if len(encoded) == 1 else f"b64lbls[{i}]",
-                                 cap)
-        for i, (data, im) in enumerate(zip(encoded, images))
+        codec.decode_wire_labels(data, im.shape, what, cap)
+        for data, im, what in zip(encoded, images, names)
     ]
 
 
@@ -122,8 +130,6 @@ def train_config(family: str, st: AppState, **values: Any) -> Any:
         values["max_seconds"] = min(float(values["max_seconds"]), cap)
     elif "steps" in values:
         values["max_seconds"] = cap
-    if "patch_size" in values:  # the U-Net needs a multiple of 16 (the engine rounds up too)
-        values["patch_size"] = max(16, int(values["patch_size"]))
     return TrainConfig().replace(**values)
 
 

@@ -18,12 +18,12 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cellsparse_app.api import codec
-from cellsparse_app.api.errors import core_errors
+from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.state import AppState, get_state
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/sam", tags=["samapi compatible"])
+router = APIRouter(prefix="/sam", tags=["samapi compatible"], responses=ERROR_RESPONSES)
 
 #: The samapi API level these routes implement (plus our version as build metadata).
 SAMAPI_COMPAT_VERSION = "0.4.0"

@@ -17,14 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import cellsparse_app
 from cellsparse_app.api import codec
-from cellsparse_app.api.errors import core_errors
+from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.routes_cellsparse import predict_labels, train_config
 from cellsparse_app.api.state import AppState, get_state, require_family
 from cellsparse_app.store import validate_name
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1", tags=["cellsparse app"])
+router = APIRouter(prefix="/api/v1", tags=["cellsparse app"], responses=ERROR_RESPONSES)
 
 LabelFormat = Literal["wire", "sparse", "dense"]
 

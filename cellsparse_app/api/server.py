@@ -13,11 +13,13 @@ import dataclasses
 import inspect
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import cellsparse_app
 from cellsparse_app.api import routes_cellsparse, routes_sam, routes_v1
@@ -78,13 +80,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse(f"{UI_PATH}/" if ui else "/docs", status_code=307)
 
-    # Added last = outermost: the token is checked first, then the body size.
+    # Added last = outermost: the Host header is checked first, then the token, then the size.
     # The UI has its own upload limit (Gradio's max_file_size); its bodies may be larger.
     ui_cap = max(settings.max_body_bytes, UI_MAX_BODY_BYTES)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
                        prefix_limits={UI_PATH: ui_cap} if ui else None)
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token, exempt=("/api/v1/health",))
+    hosts = settings.host_allowlist()
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     return app
 
 
@@ -148,8 +153,14 @@ def serve(
             "serving on %s without an API token: anyone who can reach this port can train "
             "models and use the CPU/GPU; set CELLSPARSE_API_TOKEN", settings.host
         )
-    # Keep everything this process writes inside the data dir (set before gradio is imported).
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.data_dir / "tmp" / "gradio"))
+    # Keep everything this process writes inside the data dir, temporary files included (set
+    # before gradio and torch pick their folders).
+    tmp = settings.data_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp / "torchinductor"))
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
     os.environ.setdefault("CELLSPARSE_CACHE_DIR", str(settings.data_dir / "weights"))
     app = create_app(settings)
     logger.info("cellsparse app %s on http://%s:%d (data: %s)", cellsparse_app.__version__,

@@ -43,6 +43,8 @@ class ServerSettings:
         mount_ui: serve the Gradio UI at ``/ui`` when ``cellsparse_app.ui`` is available.
         sam_random_init: build SAM networks with random weights instead of downloading
             checkpoints (tests and offline demos only: masks are meaningless).
+        allowed_hosts: ``Host`` header values accepted (None: only local names when bound to
+            loopback, which stops DNS-rebinding attacks from web pages; anything otherwise).
         sam_encoder: SAM image-encoder engine (``torch``, ``onnx``, ``auto``); None: the SAM
             engine's choice (``CELLSPARSE_SAM_ENCODER`` or ``auto``).
     """
@@ -61,6 +63,7 @@ class ServerSettings:
     mount_ui: bool = True
     sam_random_init: bool = False
     sam_encoder: str | None = None
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
@@ -98,6 +101,14 @@ class ServerSettings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    def host_allowlist(self) -> list[str] | None:
+        """``Host`` headers to accept, or None for any (see :attr:`allowed_hosts`)."""
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        if self.is_loopback:
+            return ["127.0.0.1", "localhost", "::1", "[::1]", "testserver"]
+        return None
 
     def replace(self, **changes: Any) -> "ServerSettings":
         """A copy with ``changes``."""

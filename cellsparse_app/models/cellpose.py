@@ -49,7 +49,7 @@ class CellposeConfig(ModelConfig):
         niter: steps of the flow dynamics at prediction (enough for cells up to ~2x this wide).
     """
 
-    base_channels: int = 32
+    base_channels: int = 16
     depth: int = 3
     blocks: int = 1
     style: bool = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -52,8 +53,19 @@ class AutoMaskResult:
         return self.labels[None] == ids[:, None, None]
 
 
+def prompt_batches(cfg: AutoMaskConfig) -> int:
+    """How many batches of point prompts SAM's generator decodes (for progress bars)."""
+    total = 0
+    for layer in range(cfg.crop_n_layers + 1):
+        side = cfg.points_per_side // (cfg.crop_n_points_downscale_factor ** layer)
+        total += 4 ** layer * math.ceil(side * side / cfg.points_per_batch)
+    return total
+
+
 def sam_masks(engine: Any, rgb: np.ndarray, cfg: AutoMaskConfig,
-              embed: Callable[[np.ndarray], Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              embed: Callable[[np.ndarray], Any],
+              progress: Callable[[int, int], None] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SAM's automatic masks: ``bool (N, H, W)`` masks, quality and stability scores.
 
     Args:
@@ -61,6 +73,7 @@ def sam_masks(engine: Any, rgb: np.ndarray, cfg: AutoMaskConfig,
         rgb: ``(H, W, 3) uint8`` image.
         cfg: generator parameters.
         embed: ``embed(rgb_crop) -> SamEmbedding`` (cached).
+        progress: called as ``progress(batches_done, batches_total)``.
     """
     from cellsparse_app._compat import ensure_torchvision
 
@@ -68,7 +81,14 @@ def sam_masks(engine: Any, rgb: np.ndarray, cfg: AutoMaskConfig,
     module = importlib.import_module(f"{engine.spec.module}.automatic_mask_generator")
     generator = module.SamAutomaticMaskGenerator(engine.model, output_mode="binary_mask",
                                                  **cfg.sam_kwargs())
-    generator.predictor = engine.predictor_for_automask(embed)
+    total, done = prompt_batches(cfg), [0]
+
+    def on_batch() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(min(done[0], total), total)
+
+    generator.predictor = engine.predictor_for_automask(embed, on_batch)
     records = generator.generate(rgb)
     h, w = rgb.shape[:2]
     if not records:

@@ -166,7 +166,7 @@ class SamEngine:
                 low_res, quality, _ = fast_decoder.predict_masks(
                     self.model, embedding.decoder_cache, sparse,
                     None if masks_in is None else dense, mode)
-                scores = quality.float().cpu().numpy()
+                scores = quality[0].float().cpu().numpy()
             else:
                 low_res, quality = self.model.mask_decoder(
                     image_embeddings=embedding.features,
@@ -192,22 +192,43 @@ class SamEngine:
             self._pe = self.model.prompt_encoder.get_dense_pe()
         return self._pe
 
-    def predictor_for_automask(self, embed: Any) -> Any:
+    def predictor_for_automask(self, embed: Any, on_batch: Any = None) -> Any:
         """A ``SamPredictor`` of the backend's library whose ``set_image`` uses ``embed``.
 
         ``embed(rgb) -> SamEmbedding`` lets automatic mask generation reuse cached embeddings
-        and this engine's encoder (ONNX, autocast).
+        and this engine's encoder (ONNX, autocast); prompts go through the fast decoder.
+        ``on_batch()`` is called after each batch of prompts (progress).
         """
         base = importlib.import_module(f"{self.spec.module}.predictor").SamPredictor
 
         class CachedPredictor(base):  # type: ignore[misc, valid-type]
+            decoder_cache: Any = None
+
             def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
                 emb = embed(np.ascontiguousarray(image))
                 self.reset_image()
                 self.features = emb.features
                 self.original_size = emb.original_size
                 self.input_size = emb.input_size
+                self.decoder_cache = emb.decoder_cache
                 self.is_image_set = True
+
+            def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None,
+                              multimask_output=True, return_logits=False):
+                if on_batch is not None:
+                    on_batch()
+                if self.decoder_cache is None or mask_input is not None:
+                    return super().predict_torch(point_coords, point_labels, boxes, mask_input,
+                                                 multimask_output, return_logits)
+                points = None if point_coords is None else (point_coords, point_labels)
+                sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
+                low_res, quality, _ = fast_decoder.predict_masks(
+                    self.model, self.decoder_cache, sparse, None,
+                    "all" if multimask_output else "single")
+                masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+                if not return_logits:
+                    masks = masks > self.model.mask_threshold
+                return masks, quality, low_res
 
         return CachedPredictor(self.model)
 

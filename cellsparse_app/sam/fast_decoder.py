@@ -70,9 +70,10 @@ def _attention(attn: Any, q: Any, k: Any, v: Any, projected: str = "") -> Any:
     q = q if "q" in projected else attn.q_proj(q)
     k = k if "k" in projected else attn.k_proj(k)
     v = v if "v" in projected else attn.v_proj(v)
-    b, heads = q.shape[0], attn.num_heads
+    b, heads = max(q.shape[0], k.shape[0], v.shape[0]), attn.num_heads
 
-    def split(x: Any) -> Any:
+    def split(x: Any) -> Any:  # cached per-image tensors have batch 1: broadcast them
+        x = x.expand(b, -1, -1)
         return x.reshape(b, x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
 
     out = F.scaled_dot_product_attention(split(q), split(k), split(v))
@@ -130,25 +131,28 @@ def _upscale(ups: Any, x: Any) -> Any:
 
 def predict_masks(model: Any, cache: DecoderCache, sparse: Any, dense: Any | None,
                   mode: str) -> tuple[Any, Any, list[int]]:
-    """Low-resolution mask logits for one prompt.
+    """Low-resolution mask logits for a batch of prompts on one image.
 
     Args:
         model: the ``Sam`` module.
         cache: :func:`build_cache` of the image.
-        sparse: sparse prompt embeddings ``(1, N, C)`` from the prompt encoder.
-        dense: dense (mask prompt) embeddings ``(1, C, h, w)``, or None for no mask prompt.
-        mode: output mode; ``single`` uses mask token 0, the others tokens 1-3 (``best``
-            computes only the one with the highest predicted quality).
+        sparse: sparse prompt embeddings ``(B, N, C)`` from the prompt encoder.
+        dense: dense (mask prompt) embeddings ``(B, C, h, w)``, or None for no mask prompt.
+        mode: output mode; ``single`` uses mask token 0, the others tokens 1-3; ``best``
+            (batch of one only) computes just the one with the highest predicted quality.
 
     Returns:
-        ``(logits (1, M, 4h, 4w), quality (M,), token indices)``.
+        ``(logits (B, M, 4h, 4w), quality (B, M), mask token indices)``.
     """
     import torch
 
     decoder = model.mask_decoder
     transformer = decoder.transformer
+    batch = sparse.shape[0]
+    if mode == "best" and batch != 1:
+        raise ValueError("mode 'best' decodes one prompt at a time")
     tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)[None]
-    tokens = torch.cat([tokens, sparse], dim=1)
+    tokens = torch.cat([tokens.expand(batch, -1, -1), sparse], dim=1)
     key_pe = cache.key_pe
     if dense is None:
         keys = cache.keys
@@ -161,18 +165,19 @@ def predict_masks(model: Any, cache: DecoderCache, sparse: Any, dense: Any | Non
                                cache if i == 0 and dense is None else None)
     out = _attention(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     queries = transformer.norm_final_attn(queries + out)
-    quality = decoder.iou_prediction_head(queries[:, 0])[0]
+    quality = decoder.iou_prediction_head(queries[:, 0])  # (B, 4)
     if mode == "single":
         index: Sequence[int] = [0]
     elif mode == "best":
-        index = [1 + int(torch.argmax(quality[1:]))]
+        index = [1 + int(torch.argmax(quality[0, 1:]))]
     else:
         index = [1, 2, 3]
     h, w = cache.grid
-    upscaled = _upscale(decoder.output_upscaling, keys.view(1, h, w, -1))
+    upscaled = _upscale(decoder.output_upscaling, keys.reshape(batch, h, w, -1))
     # Mask i comes from output token 1 + i (token 0 predicts the qualities) and MLP i.
     hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i])
-                         for i in index], dim=1)  # (1, M, C/8)
-    flat = upscaled.reshape(1, -1, upscaled.shape[-1])  # (1, 16hw, C/8)
+                         for i in index], dim=1)  # (B, M, C/8)
+    flat = upscaled.reshape(batch, -1, upscaled.shape[-1])  # (B, 16hw, C/8)
     logits = (flat @ hyper.transpose(1, 2)).transpose(1, 2)
-    return logits.reshape(1, len(index), 4 * h, 4 * w), quality[list(index)], list(index)
+    return (logits.reshape(batch, len(index), 4 * h, 4 * w), quality[:, list(index)],
+            list(index))

@@ -45,13 +45,14 @@ class AppSettings:
         example_image, example_truth: the bundled example and its ground truth.
     """
 
-    session_root: Path = Path(
+    session_root: Path = dataclasses.field(default_factory=lambda: Path(
         os.environ.get("CELLSPARSE_SESSION_DIR")
         or Path(tempfile.gettempdir()) / "cellsparse-sessions"
-    )
-    sam_model: str = os.environ.get("CELLSPARSE_SAM_MODEL", "vit_t")
-    gpu_slots: int = _env_int("CELLSPARSE_GPU_SLOTS", 1)
-    sam_slots: int = _env_int("CELLSPARSE_SAM_SLOTS", 2)
+    ))
+    sam_model: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("CELLSPARSE_SAM_MODEL", "vit_t"))
+    gpu_slots: int = dataclasses.field(default_factory=lambda: _env_int("CELLSPARSE_GPU_SLOTS", 1))
+    sam_slots: int = dataclasses.field(default_factory=lambda: _env_int("CELLSPARSE_SAM_SLOTS", 2))
     max_train_seconds: int = 900
     example_image: Path = ASSETS_DIR / "example_nuclei.png"
     example_truth: Path = ASSETS_DIR / "example_nuclei_labels.tif"
@@ -62,6 +63,8 @@ class AppContext:
 
     def __init__(self, settings: AppSettings | None = None) -> None:
         self.settings = settings or AppSettings()
+        if self.settings.gpu_slots < 1 or self.settings.sam_slots < 1:
+            raise ValueError(f"gpu_slots and sam_slots must be >= 1, got {self.settings}")
         self._annotator: Any = None
         self._lock = threading.Lock()
 

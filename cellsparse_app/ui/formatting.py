@@ -30,8 +30,8 @@ CHANGES_LEGEND = (
     '<span><i style="background:#ff3cdc"></i>Gone this round</span>'
     '<span><i style="background:#a0a0a0"></i>Unchanged</span></div>'
 )
-ROUND_COLUMNS = ["round", "family", "from", "steps", "seconds", "loss", "cells", "background px",
-                 "AP50 (your annotations)", "AP50 (ground truth)", "status"]
+ROUND_COLUMNS = ["round", "family", "from", "steps", "time s", "loss", "cells", "BG px",
+                 "AP50 annot.", "AP50 GT", "status"]
 CELL_COLUMNS = ["cell", "area px", "row", "col"]
 
 
@@ -68,7 +68,8 @@ def image_choices(records: Sequence[ImageRecord]) -> list[tuple[str, str]]:
 def image_info(record: ImageRecord, has_example_truth: bool = False) -> str:
     channels = f", {record.n_channels} channels" if record.n_channels > 1 else ""
     note = " · has ground truth (AP vs full annotation shown)" if has_example_truth else ""
-    return f"`{record.name}` · {record.shape[1]}×{record.shape[0]} px · {record.dtype}{channels}{note}"
+    size = f"{record.shape[1]}×{record.shape[0]} px"
+    return f"`{record.name}` · {size} · {record.dtype}{channels}{note}"
 
 
 def cells_rows(objects: list[dict[str, int]]) -> list[list[int]]:
@@ -108,7 +109,8 @@ def rounds_rows(rounds: Sequence[RoundRecord], active: int | None) -> list[list[
     for r in rounds:
         ann = [m["annotations"]["ap"][0] for m in r.metrics.values() if "annotations" in m]
         gt = [m["truth"]["ap"][0] for m in r.metrics.values() if "truth" in m]
-        status = ("stopped early" if r.cancelled else "complete") + (" · active" if r.index == active else "")
+        status = "stopped early" if r.cancelled else "complete"
+        status += " · active" if r.index == active else ""
         rows.append([
             r.index, r.family, r.parent if r.parent is not None else "scratch", r.steps,
             round(r.seconds, 1), None if r.final_loss is None else round(r.final_loss, 4),

@@ -103,7 +103,9 @@ def select_image(ws: Workspace | None, image_id: str | None) -> tuple:
 
 
 @friendly
-def apply_display(ws: Workspace | None, channels: list[int] | None, low: float, high: float) -> tuple:
+def apply_display(
+    ws: Workspace | None, channels: list[int] | None, low: float, high: float
+) -> tuple:
     """Channels and contrast percentiles (used for display, SAM and training)."""
     ws = require(ws)
     record = ws.project.record(ws.current) if ws.current else None

@@ -51,7 +51,8 @@ def predict(
     predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
     value, legend, note = _slider(comparison, right)
     text = fmt.prediction_markdown(predictions)
-    return value, text, legend, fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
+    summary = fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
+    return value, text, legend, summary
 
 
 @friendly

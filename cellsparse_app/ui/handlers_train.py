@@ -142,8 +142,9 @@ def train(
         text, state = (f"Stopped at step {record.steps}: saved as round {record.index} "
                        "(earlier rounds kept)", "stopped")
     else:
-        text, state = (f"Done: round {record.index}, {record.steps} steps in "
-                       f"{record.seconds:.0f} s, loss {record.final_loss:.4f} — now Predict", "done")
+        text = (f"Done: round {record.index}, {record.steps} steps in {record.seconds:.0f} s, "
+                f"loss {record.final_loss:.4f} — now Predict")
+        state = "done"
     yield fmt.progress_html(1.0 if state == "done" else None, text, state), loss_frame(curve), \
         *rounds_outputs(ws)
 

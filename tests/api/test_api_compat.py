@@ -90,6 +90,22 @@ def test_newer_client_multi_image_train_body(target, real_sample):
     assert client.post("/cellpose/reset/", json={"modelname": "multi"}).status_code == 200
 
 
+@pytest.mark.parametrize("family", ["stardist", "elephant"])
+def test_other_families_train_and_eval(tc_target, real_sample, family):
+    """The same wire format drives the StarDist- and ELEPHANT-style families."""
+    client, root = tc_target
+    image = gray(real_sample.image).astype(np.uint8)
+    body = {"modelname": "fam", "b64img": b64png(image),
+            "b64lbl": b64png(sparse_wire_labels(real_sample.mask)), "train": True, "eval": True,
+            "epochs": 1, "steps": 3, "batchsize": 2, "trainpatch": 64}
+    r = client.post(f"/{family}/", json=body)
+    assert r.status_code == 200, r.text[:500]
+    _check_features(r.json(), image.shape)
+    assert (root / "data" / "models" / family / "fam" / "config.json").is_file()
+    assert client.post(f"/{family}/reset/", json={"modelname": "fam"}).json() == ""
+    assert not (root / "data" / "models" / family / "fam").exists()
+
+
 def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
     client, root = target
     image = gray(real_sample.image).astype(np.uint8)

@@ -130,3 +130,43 @@ def test_live_server_ui_and_file_tree(live_server):
     docs = httpx.get(live_server.url + "/openapi.json", timeout=30).json()
     assert "/cellpose/" in docs["paths"] and "/sam/" in docs["paths"]
     assert tree(live_server.home) == set()
+
+
+def test_missing_family_is_a_clear_501(tmp_path, monkeypatch):
+    import cellsparse_app.models as models
+
+    real = models.get_family
+
+    def fake(name):
+        if name == "elephant":
+            raise ValueError("unknown model family 'elephant'")
+        return real(name)
+
+    monkeypatch.setattr(models, "get_family", fake)
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path, mount_ui=False))) as client:
+        r = client.post("/elephant/", json={"modelname": "m", "b64img": "x", "eval": True})
+        assert r.status_code == 501
+        assert "'elephant' is not available" in r.json()["detail"]
+        assert client.post("/elephant/reset/", json={"modelname": "m"}).status_code == 501
+
+
+def test_dns_rebinding_host_refused_on_loopback(tmp_path):
+    """A web page whose domain was rebound to 127.0.0.1 must not reach the local server."""
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path, mount_ui=False))) as client:
+        assert client.get("/api/v1/health", headers={"host": "localhost:8000"}).status_code == 200
+        assert client.get("/api/v1/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+        evil = client.post("/cellpose/reset/", json={"modelname": "default"},
+                           headers={"host": "evil.example:8000"})
+        assert evil.status_code == 400
+    open_app = create_app(ServerSettings(data_dir=tmp_path, mount_ui=False, host="0.0.0.0",
+                                         token=TOKEN))
+    with TestClient(open_app) as client:  # exposed on purpose: any Host, but the token
+        assert client.get("/api/v1/health", headers={"host": "cells.lab.org"}).status_code == 200
+
+
+def test_cross_site_form_post_is_not_json(tmp_path):
+    """Browsers send cross-site 'simple' requests as text/plain: they never parse as a body."""
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path, mount_ui=False))) as client:
+        r = client.post("/cellpose/reset/", content='{"modelname": "default"}',
+                        headers={"content-type": "text/plain"})
+        assert r.status_code == 422

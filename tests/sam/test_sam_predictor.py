@@ -45,14 +45,14 @@ def test_every_mode_gives_boolean_masks_with_paired_scores(vit_t, nuclei_image, 
 def test_fast_decoder_gives_the_library_decoders_answers(vit_t, nuclei_image):
     """The reorganised decoder path equals segment-anything's MaskDecoder (float rounding)."""
     image, _ = nuclei_image
-    key = vit_t.set_image(image)
-    fast = vit_t._cache.get_or_compute(key, lambda: None)
+    fast = vit_t.embedding(image)
     assert fast.decoder_cache is not None
     library = dataclasses.replace(fast, decoder_cache=None)
     engine = vit_t.engine
     previous = vit_t.segment_from_points(image, [(100, 120)], mode="all").logits[0]
     prompts = [Prompt.create(image.shape, [(100, 120)]),
-               Prompt.create(image.shape, [(100, 120), (20, 30)], [1, 0], box_rc=(60, 70, 150, 170)),
+               Prompt.create(image.shape, [(100, 120), (20, 30)], [1, 0],
+                             box_rc=(60, 70, 150, 170)),
                Prompt.create(image.shape, [(100, 120)], mask_input=previous)]
     for prompt in prompts:
         for mode in ("single", "all", "best", "largest"):
@@ -61,6 +61,20 @@ def test_fast_decoder_gives_the_library_decoders_answers(vit_t, nuclei_image):
             np.testing.assert_allclose(s1, s2, atol=1e-5)
             np.testing.assert_allclose(l1, l2, atol=1e-4)
             assert np.mean(m1 != m2) < 1e-4  # a pixel may flip at exactly the threshold
+    # Batched, as automatic mask generation calls it.
+    import torch
+
+    from cellsparse_app.sam import fast_decoder
+
+    model = engine.model
+    with torch.inference_mode():
+        points = (torch.rand(5, 1, 2) * 1024, torch.ones(5, 1, dtype=torch.int))
+        sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=None)
+        ref, ref_q = model.mask_decoder(fast.features, model.prompt_encoder.get_dense_pe(),
+                                        sparse, dense, True)
+        got, got_q, _ = fast_decoder.predict_masks(model, fast.decoder_cache, sparse, None, "all")
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_q.numpy(), ref_q.numpy(), atol=1e-5)
 
 
 def test_second_prompt_on_the_same_image_does_not_re_encode(vit_t, nuclei_image):
@@ -154,7 +168,9 @@ def test_automatic_masks_give_a_label_image(vit_t, nuclei_image):
     cfg = AutoMaskConfig(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                          min_visible_fraction=0.0)
     calls = vit_t.cache_info()["encoder_calls"]
-    result = vit_t.generate(image, cfg)
+    seen = []
+    result = vit_t.generate(image, cfg, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]  # 2x2 points in one batch
     assert result.labels.shape == (256, 256) and result.labels.dtype == np.int32
     assert result.labels.max() == len(result) == len(result.scores) == len(result.stability)
     assert len(result) >= 1

@@ -204,3 +204,12 @@ def test_lru_cache_failure_reaches_caller_and_is_not_cached():
     with pytest.raises(RuntimeError, match="encoder exploded"):
         cache.get_or_compute("k", boom)
     assert cache.get_or_compute("k", lambda: 5) == 5
+
+
+def test_prompt_batches_counts_sams_generator_work():
+    from cellsparse_app.sam.automask import prompt_batches
+
+    assert prompt_batches(AutoMaskConfig()) == 16  # 32x32 points, 64 per batch
+    assert prompt_batches(AutoMaskConfig(points_per_side=10, points_per_batch=64)) == 2
+    layered = AutoMaskConfig(crop_n_layers=1, crop_n_points_downscale_factor=2)
+    assert prompt_batches(layered) == 16 + 4 * 4  # 4 crops of 16x16 points

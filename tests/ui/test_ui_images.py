@@ -73,8 +73,12 @@ def test_bad_files_give_readable_errors_and_lose_nothing(ctx, ws, tmp_path):
     img.load_example(ctx)(ws)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    good = tmp_path / "good.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(good)
     with pytest.raises(gr.Error, match="broken.png: cannot decode"):
-        img.upload(ws, [str(bad)])
+        img.upload(ws, [str(good), str(bad)])  # one bad file: none is added
     with pytest.raises(gr.Error, match="no file given"):
         img.upload(ws, [])
     assert len(ws.project.images) == 1  # the example is still there

@@ -37,7 +37,8 @@ def test_training_and_prediction_share_the_gpu_queue(demo):
     fns = _fns(demo)
     for name in ("train", "predict"):
         assert fns[name].concurrency_id == "gpu" and fns[name].concurrency_limit == 2
-    assert fns["click"].concurrency_id == "sam"  # clicks never wait behind a training
+    assert fns["click"].queue is False  # clicks never wait behind a training (direct request)
+    assert fns["prepare_sam"].concurrency_id == fns["auto_masks"].concurrency_id == "sam"
     assert fns["stop"].concurrency_limit is None  # stop is always answered at once
     assert fns["click"].trigger_mode == "multiple"  # fast double clicks (box corners) all count
 

@@ -146,13 +146,29 @@ def test_stop_keeps_the_model_and_continue_and_rollback(trained):
     assert summary.startswith("**5** Foreground cells") and len(cells) == 5
 
 
+def test_closing_the_page_mid_run_still_saves_the_model(trained):
+    """Gradio closes a generator handler when its page goes away: the run stops cleanly and
+    its model becomes a round (nothing lost)."""
+    ws, _, _ = trained
+    before = [r.index for r in ws.project.rounds]
+    ws.arm_training()
+    run = trn.train(ws, "cellpose", trn.SCRATCH, 120, None, **FAST)
+    next(run), next(run)  # preparing, first progress report
+    run.close()
+    new = [r for r in ws.project.rounds if r.index not in before]
+    assert len(new) == 1 and new[0].cancelled and new[0].steps >= 1
+    assert (ws.project.model_dir(new[0].index) / "config.json").is_file()
+    trn.rollback(ws, 1)
+
+
 def test_train_errors_are_readable(ws, ctx):
     img.load_example(ctx)(ws)
     with pytest.raises(gr.Error, match="nothing to train on"):
         list(trn.train(ws, "cellpose", trn.SCRATCH, 10, None))
-    with pytest.raises(gr.Error, match="no model to continue from"):
-        ws.project.editor(ws.current).add_foreground(np.pad(np.ones((10, 10), bool), 175))
-        ws.project.edited(ws.current)
+    ws.project.editor(ws.current).add_foreground(np.pad(np.ones((10, 10), bool), 175))
+    ws.project.edited(ws.current)
+    with pytest.raises(gr.Error, match="no model to continue from"), \
+            pytest.warns(UserWarning, match="No Background marked"):  # gr.Warning outside a page
         list(trn.train(ws, "cellpose", trn.CONTINUE, 10, None))
     with pytest.raises(gr.Error, match="click Predict first|no model trained yet"):
         res.show_comparison(ws, res.PREDICTION)
@@ -177,12 +193,13 @@ def test_project_save_and_load_in_another_session(trained, ctx):
     out = res.load_project(other, path)
     assert out[0]["value"] == ws.current and out[-1]["value"] == ws.project.active_round
     np.testing.assert_array_equal(other.project.labels(ws.current), ws.project.labels(ws.current))
-    assert [r.index for r in other.project.rounds] == [1, 2]
+    assert [r.index for r in other.project.rounds] == [r.index for r in ws.project.rounds]
+    assert len(other.project.rounds) >= 2
     bad = ctx.settings.session_root / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(gr.Error, match="not a valid zip"):
         res.load_project(other, str(bad))
-    assert [r.index for r in other.project.rounds] == [1, 2]  # nothing lost
+    assert len(other.project.rounds) >= 2  # nothing lost
     other.close()
 
 

@@ -1,0 +1,80 @@
+"""Our /api/v1 routes: job -> stored model -> list, info, zip download, label TIFF, metrics,
+delete; in-process (the transport is covered by the compat tests)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import zipfile
+
+import numpy as np
+import tifffile
+from api_helpers import b64png, b64tiff, gray, sparse_wire_labels
+
+
+def _wait(client, job_id, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        snap = client.get(f"/api/v1/jobs/{job_id}").json()
+        if snap["state"] in ("done", "failed", "cancelled"):
+            return snap
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {snap}")
+
+
+def test_job_model_predict_metrics_download_delete(tc_target, real_sample):
+    client, root = tc_target
+    image = gray(real_sample.image).astype(np.uint8)
+    sparse = sparse_wire_labels(real_sample.mask).astype(np.int32) - 1  # -1/0/1..N, signed TIFF
+    body = {"family": "cellpose", "model_name": "v1", "images": [b64png(image)],
+            "labels": [b64tiff(sparse)], "label_format": "sparse", "steps": 3, "batch_size": 2,
+            "patch_size": 64, "resume": False}
+    submitted = client.post("/api/v1/jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["state"] in ("queued", "running")
+    snap = _wait(client, submitted.json()["id"])
+    assert snap["state"] == "done" and snap["model_saved"] and snap["progress"] == 1.0
+
+    models = client.get("/api/v1/models").json()
+    assert any(m["family"] == "cellpose" and m["name"] == "v1" for m in models)
+    info = client.get("/api/v1/models/cellpose/v1").json()
+    assert info["config"]  # the model's config.json
+    download = client.get("/api/v1/models/cellpose/v1/download")
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(download.content)) as zf:
+        assert {"config.json", "weights.pt"} <= set(zf.namelist())
+
+    tiff = client.post("/api/v1/predict", json={"model_name": "v1", "image": b64png(image)})
+    assert tiff.status_code == 200 and tiff.headers["content-type"] == "image/tiff"
+    labels = tifffile.imread(io.BytesIO(tiff.content))
+    assert labels.shape == image.shape and labels.dtype in (np.uint16, np.uint32)
+    assert int(tiff.headers["x-object-count"]) == int(labels.max())
+    geo = client.post("/api/v1/predict", json={"model_name": "v1", "image": b64png(image),
+                                               "format": "geojson"})
+    assert geo.status_code == 200 and len(geo.json()) == len(np.unique(labels)) - 1
+
+    pred_b64 = base64.b64encode(tiff.content).decode()
+    scored = client.post("/api/v1/metrics", json={
+        "truth": b64png(real_sample.mask.astype(np.uint16)), "pred": pred_b64})
+    assert scored.status_code == 200
+    result = scored.json()
+    assert result["n_true"] == real_sample.mask.max() and result["n_pred"] == labels.max()
+    assert 0 <= result["ap50"] <= 1
+    sparse_truth = client.post("/api/v1/metrics", json={
+        "truth": b64tiff(sparse), "truth_format": "sparse", "pred": pred_b64})
+    assert sparse_truth.status_code == 200 and sparse_truth.json()["sparse"] is True
+
+    assert client.delete("/api/v1/models/cellpose/v1").json() == {"deleted": True}
+    assert client.post("/api/v1/predict", json={"model_name": "v1", "image": b64png(image)}
+                       ).status_code == 404
+    assert not (root / "data" / "models" / "cellpose" / "v1").exists()
+
+
+def test_job_with_bad_labels_fails_fast(tc_target, real_sample):
+    client, _ = tc_target
+    image = gray(real_sample.image).astype(np.uint8)
+    body = {"model_name": "v1-bad", "images": [b64png(image)],
+            "labels": [b64png(np.ones(image.shape, np.uint8))]}  # only background
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 400 and "no foreground" in r.json()["detail"]
