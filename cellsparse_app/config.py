@@ -37,9 +37,8 @@ class JsonConfig:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         kwargs = {}
         for key, value in data.items():
-            default = getattr(cls, key, None) if names[key].default is not dataclasses.MISSING else None
             # JSON has no tuples: give tuple-typed fields their tuples back.
-            if isinstance(value, list) and isinstance(default, tuple):
+            if isinstance(value, list) and "tuple" in str(names[key].type):
                 value = tuple(value)
             kwargs[key] = value
         return cls(**kwargs)

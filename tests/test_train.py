@@ -222,8 +222,9 @@ def test_default_budget_depends_on_the_device():
 
 @pytest.mark.slow
 def test_short_training_on_real_nuclei_generalises(dsb_fluo):
-    """~60 s of sparse training on 4 DSB images (a third of the cells + background) segments
-    other DSB images with AP@0.5 >= 0.5 (the full default budget gives ~0.8)."""
+    """A short sparse training (200 steps, ~1 min on 2 cores) on 4 DSB images (half of the
+    cells + background) segments 6 other DSB images with AP@0.5 >= 0.5 (the full default budget
+    gives ~0.8). Steps, not seconds, so the outcome does not depend on the machine's load."""
     from bench.conditions import split_samples
 
     from cellsparse_app.metrics import evaluate_many
@@ -234,10 +235,8 @@ def test_short_training_on_real_nuclei_generalises(dsb_fluo):
     labels = []
     for s in train_set:
         ids = np.arange(1, s.mask.max() + 1)
-        labels.append(select_sparse(s.mask, rng.choice(ids, max(1, len(ids) // 3), replace=False)))
-    model = train(
-        [s.image for s in train_set], labels, TrainConfig(max_seconds=60, device="cpu")
-    )
+        labels.append(select_sparse(s.mask, rng.choice(ids, max(1, len(ids) // 2), replace=False)))
+    model = train([s.image for s in train_set], labels, TrainConfig(steps=200, device="cpu"))
     preds = [predict_instances(model, s.image) for s in test_set]
     result = evaluate_many([s.mask for s in test_set], preds, (0.5,))
     assert result["ap50"] >= 0.5, result

@@ -65,6 +65,7 @@ def build_cache(model: Any, features: Any, image_pe: Any) -> DecoderCache:
 
 def _attention(attn: Any, q: Any, k: Any, v: Any, projected: str = "") -> Any:
     """``Attention.forward`` of SAM; inputs named in ``projected`` are already projected."""
+    import torch
     import torch.nn.functional as F
 
     q = q if "q" in projected else attn.q_proj(q)
@@ -76,7 +77,14 @@ def _attention(attn: Any, q: Any, k: Any, v: Any, projected: str = "") -> Any:
         x = x.expand(b, -1, -1)
         return x.reshape(b, x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    q, k, v = split(q), split(k), split(v)
+    if k.shape[2] < 64 <= q.shape[2]:
+        # Image attending to a few tokens: PyTorch's softmax over a last axis of ~7 is slow on
+        # CPU; the same softmax over the token axis of the transposed scores is fast.
+        scores = torch.matmul(k, q.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        out = torch.matmul(torch.softmax(scores, dim=-2).transpose(-1, -2), v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
     return attn.out_proj(out.transpose(1, 2).reshape(b, out.shape[2], -1))
 
 

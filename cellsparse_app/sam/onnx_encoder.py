@@ -138,16 +138,19 @@ def load_onnx_encoder(
     key = f"{name}-{fingerprint_module(encoder)}-t{torch_version}-v{EXPORT_VERSION}"
     directory = Path(directory)
     path = directory / f"{key}-{precision}.onnx"
-    with _EXPORT_LOCK:
-        if not path.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            fp32 = directory / f"{key}-fp32.onnx"
-            if not fp32.is_file():
-                _export(encoder, fp32)
-            if precision == "int8":
-                _quantize(fp32, path)
-            _check(encoder, path, precision, threads)
-    return OnnxEncoder(path, threads)
+    try:
+        with _EXPORT_LOCK:
+            if not path.is_file():
+                directory.mkdir(parents=True, exist_ok=True)
+                fp32 = directory / f"{key}-fp32.onnx"
+                if not fp32.is_file():
+                    _export(encoder, fp32)
+                if precision == "int8":
+                    _quantize(fp32, path)
+                _check(encoder, path, precision, threads)
+        return OnnxEncoder(path, threads)
+    except OSError as exc:  # read-only cache, disk full ...
+        raise RuntimeError(f"cannot prepare the ONNX encoder in {directory}: {exc}") from exc
 
 
 def _export(encoder: Any, path: Path) -> None:
