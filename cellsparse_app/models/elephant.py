@@ -30,12 +30,12 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from cellsparse_app.models.base import ModelConfig, ModelFamily, register_family
-from cellsparse_app.models.stardist import (
-    _check_architecture,
-    _remove_small,
-    _setting,
+from cellsparse_app.models.common import (
+    check_architecture,
     instance_edt,
     normalised_edt,
+    predict_setting,
+    remove_small_objects,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ class ElephantConfig(ModelConfig):
     """Architecture, target and loss settings of the ELEPHANT-style family.
 
     Attributes:
+        base_channels: width of the first U-Net level (as the Cellpose-style family).
+        depth: number of down-samplings.
         centre_ratio: a pixel of an instance is *centre* when its distance to the instance's
             boundary exceeds this fraction of the instance's maximum distance, else *border*.
         class_weights: NLL weights of (background, border, centre).
@@ -63,6 +65,7 @@ class ElephantConfig(ModelConfig):
         style: use the U-Net's style vector.
     """
 
+    base_channels: int = 16
     depth: int = 3
     centre_ratio: float = 0.3
     class_weights: tuple[float, float, float] = (1.0, 3.0, 3.0)
@@ -73,7 +76,7 @@ class ElephantConfig(ModelConfig):
     style: bool = True
 
     def __post_init__(self) -> None:
-        _check_architecture(self)
+        check_architecture(self)
         if not 0.0 <= self.centre_ratio < 1.0:
             raise ValueError(f"centre_ratio must be in [0, 1), got {self.centre_ratio}")
         if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
@@ -205,10 +208,10 @@ class ElephantFamily(ModelFamily):
         labels = grow_centres(
             prob[CENTRE_CLASS],
             prob[BORDER_CLASS] + prob[CENTRE_CLASS],
-            _setting(predict_cfg, "prob_threshold", cfg.prob_threshold),
+            predict_setting(predict_cfg, "prob_threshold", cfg.prob_threshold),
             cfg.foreground_threshold,
         )
-        return _remove_small(labels, int(_setting(predict_cfg, "min_size", 0)))
+        return remove_small_objects(labels, int(predict_setting(predict_cfg, "min_size", 0)))
 
 
 register_family(ElephantFamily())

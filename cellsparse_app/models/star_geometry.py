@@ -1,11 +1,12 @@
-"""Star-convex polygon geometry for the StarDist-style family, in NumPy/SciPy/Shapely.
+"""Star-convex polygon geometry for the StarDist-style family, in NumPy (+ scikit-image drawing).
 
 Re-implements the three geometry functions of the ``stardist`` package (Schmidt et al. 2018) that
 the family needs -- ``star_dist``, ``non_maximum_suppression`` and ``polygons_to_label`` -- in
 vectorised NumPy, so that the project does not pull in ``stardist``'s csbdeep/numba/matplotlib
-stack (and never TensorFlow). Conventions follow ``stardist``: ray ``k`` has angle ``2*pi*k/n_rays`` and points
-along ``(sin, cos)`` in ``(row, col)``; distances are in pixels; NMS suppresses a polygon when its
-intersection with a higher-scoring one exceeds ``threshold`` times the smaller of the two areas.
+stack (and never TensorFlow). Conventions follow ``stardist``: ray ``k`` has angle
+``2*pi*k/n_rays`` and points along ``(sin, cos)`` in ``(row, col)``; distances are in pixels; NMS
+suppresses a polygon when its intersection with a higher-scoring one exceeds ``threshold`` times
+the smaller of the two areas.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ it only acts inside annotated objects. Rays are marched until they leave their o
 next to it (another cell, background or unlabelled); a ray that leaves a training patch while still
 inside its object has an unknown length and is ignored.
 
-Output channels: ``0`` object logit, ``1..n_rays`` ray lengths in units of ``dist_scale`` pixels. The geometry lives in
-:mod:`cellsparse_app.models.star_geometry` (no ``stardist``/TensorFlow dependency).
+Output channels: ``0`` object logit, ``1..n_rays`` ray lengths in units of ``dist_scale`` pixels.
+The geometry lives in :mod:`cellsparse_app.models.star_geometry` (no ``stardist`` or TensorFlow
+dependency).
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from cellsparse_app.models.base import ModelConfig, ModelFamily, register_family
+from cellsparse_app.models.common import (
+    check_architecture,
+    normalised_edt,
+    predict_setting,
+    remove_small_objects,
+)
 from cellsparse_app.models.star_geometry import (
     UNKNOWN_DISTANCE,
     distances_to_polygons,
@@ -53,6 +59,8 @@ class StarDistConfig(ModelConfig):
     """Architecture and loss settings of the StarDist-style family.
 
     Attributes:
+        base_channels: width of the first U-Net level (as the Cellpose-style family).
+        depth: number of down-samplings.
         n_rays: number of radial distances per pixel (equally spaced angles).
         grid: stride of the candidate grid at prediction and of the distance targets (StarDist's
             ``grid``); the probability is learnt at every pixel.
@@ -68,6 +76,7 @@ class StarDistConfig(ModelConfig):
         style: use the U-Net's style vector.
     """
 
+    base_channels: int = 16
     depth: int = 3
     n_rays: int = 32
     grid: int = 2
@@ -79,7 +88,7 @@ class StarDistConfig(ModelConfig):
     style: bool = True
 
     def __post_init__(self) -> None:
-        _check_architecture(self)
+        check_architecture(self)
         if not isinstance(self.n_rays, int) or self.n_rays < 3:
             raise ValueError(f"n_rays must be an integer >= 3, got {self.n_rays!r}")
         if not isinstance(self.grid, int) or self.grid < 1:
@@ -92,41 +101,6 @@ class StarDistConfig(ModelConfig):
         for name in ("prob_threshold", "nms_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-
-
-def instance_edt(labels: np.ndarray) -> np.ndarray:
-    """Per-instance Euclidean distance to the object's boundary, ``float32``, 0 off instances.
-
-    The boundary is any pixel with another value (other cell, background, unlabelled). The image
-    edge is *not* a boundary: objects cut by it are treated as going on (as ``stardist``'s
-    ``edt_prob``).
-    """
-    labels = np.asarray(labels)
-    padded = np.pad(labels, 1, mode="edge")
-    out = np.zeros(padded.shape, np.float32)
-    for index, box in enumerate(ndi.find_objects(np.maximum(padded, 0)), start=1):
-        if box is None:
-            continue
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        mask = padded[grown] == index
-        out[grown][mask] = ndi.distance_transform_edt(mask)[mask]
-    return out[1:-1, 1:-1]
-
-
-def normalised_edt(labels: np.ndarray, edt: np.ndarray | None = None) -> np.ndarray:
-    """:func:`instance_edt` divided by each instance's maximum, in ``(0, 1]`` on instances.
-
-    ``edt``: the :func:`instance_edt` of ``labels`` if already computed.
-    """
-    labels = np.asarray(labels)
-    edt = instance_edt(labels) if edt is None else edt
-    ids = np.where(labels > 0, labels, 0)
-    if not ids.any():
-        return edt
-    peak = ndi.maximum(edt, ids, index=np.arange(int(ids.max()) + 1))
-    peak = np.asarray(peak, np.float32)
-    peak[peak <= 0] = 1.0
-    return np.where(ids > 0, edt / peak[ids], 0.0).astype(np.float32)
 
 
 class StarDistFamily(ModelFamily):
@@ -166,7 +140,9 @@ class StarDistFamily(ModelFamily):
         output, target = output.float(), target.float()
         prob_t = target[:, 0]
         labelled = prob_t >= 0
-        bce = F.binary_cross_entropy_with_logits(output[:, 0], prob_t.clamp(min=0), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(
+            output[:, 0], prob_t.clamp(min=0), reduction="none"
+        )
         zero = output.new_zeros(())
         prob_loss = torch.where(labelled, bce, zero).sum() / labelled.sum().clamp(min=1)
 
@@ -184,9 +160,9 @@ class StarDistFamily(ModelFamily):
             raise ValueError(
                 f"stardist output must be ({1 + cfg.n_rays}, H, W), got {output.shape}"
             )
-        threshold = _setting(predict_cfg, "prob_threshold", cfg.prob_threshold)
-        nms = _setting(predict_cfg, "nms_threshold", cfg.nms_threshold)
-        min_size = int(_setting(predict_cfg, "min_size", 0))
+        threshold = predict_setting(predict_cfg, "prob_threshold", cfg.prob_threshold)
+        nms = predict_setting(predict_cfg, "nms_threshold", cfg.nms_threshold)
+        min_size = int(predict_setting(predict_cfg, "min_size", 0))
         shape = output.shape[1:]
         grid_logit = output[0, :: cfg.grid, :: cfg.grid]
         p = min(max(threshold, 1e-6), 1 - 1e-6)
@@ -199,40 +175,16 @@ class StarDistFamily(ModelFamily):
         big = star_polygon_areas(dists) >= max(min_size, MIN_POLYGON_AREA)
         rows, cols, scores, dists = rows[big], cols[big], scores[big], dists[big]
         if scores.size > MAX_CANDIDATES:
-            logger.warning("%d candidates; keeping the %d most probable", scores.size, MAX_CANDIDATES)
+            logger.warning(
+                "%d candidates; keeping the %d most probable", scores.size, MAX_CANDIDATES
+            )
             top = np.argsort(-scores, kind="stable")[:MAX_CANDIDATES]
             rows, cols, scores, dists = rows[top], cols[top], scores[top], dists[top]
         points = np.stack([rows, cols], axis=1)
         kept = polygon_nms(points, dists, scores, nms)
         coords = distances_to_polygons(points[kept], dists[kept])
         labels = polygons_to_labels(coords, shape, scores[kept])
-        return _remove_small(labels, min_size)
-
-
-def _check_architecture(cfg: ModelConfig) -> None:
-    """``ValueError`` naming the first architecture field that is not a positive integer."""
-    for name in ("in_channels", "base_channels", "depth", "blocks"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= 1, got {value!r}")
-
-
-def _setting(predict_cfg: Any, name: str, default: float) -> float:
-    value = getattr(predict_cfg, name, None) if predict_cfg is not None else None
-    return float(default if value is None else value)
-
-
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects under ``min_size`` pixels and renumber 1..N (``uint32``)."""
-    labels = np.asarray(labels)
-    if labels.max(initial=0) == 0:
-        return labels.astype(np.uint32)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    lut = np.zeros(sizes.size, np.uint32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return lut[labels]
+        return remove_small_objects(labels, min_size)
 
 
 register_family(StarDistFamily())
