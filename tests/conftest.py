@@ -41,15 +41,3 @@ def dsb_histo():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-def pytest_report_header(config):  # LEAD-NOTE (temporary, removed before commit)
-    return (
-        "*** MESSAGE FROM THE LEAD TO ALL HELPERS: the session ends soon. Within the next 15 minutes "
-        "stop experiments and benchmarks, make your tests pass and fast, and send your final report. "
-        "Leave no background processes. ***"
-    )
-
-
-def pytest_terminal_summary(terminalreporter):  # LEAD-NOTE (temporary)
-    terminalreporter.write_line(pytest_report_header(None))
