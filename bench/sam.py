@@ -20,6 +20,7 @@ Timings are only meaningful on an otherwise idle machine (load average printed).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import platform
@@ -72,7 +73,8 @@ def _test_image(size: int) -> np.ndarray:
 
 
 def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
-                 paths: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+                 paths: Sequence[tuple[str, str]],
+                 decoder_threads: int | None = None) -> list[dict[str, Any]]:
     """Embedding and click timings of ``model_type`` through each encoder path."""
     import torch
 
@@ -98,7 +100,8 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
                                "device": device}
         try:
             engine = SamEngine(model, spec, device=device, encoder_engine=engine_name,
-                               precision=precision, onnx_dir=onnx_dir, name=model_type)
+                               precision=precision, onnx_dir=onnx_dir, name=model_type,
+                               decoder_threads=decoder_threads)
             start = time.perf_counter()
             engine.prepare_encoder()  # ONNX: export + check once (cached on disk)
             row["prepare_s"] = time.perf_counter() - start
@@ -125,6 +128,8 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
         row["click_ms"] = 1000 * statistics.median(click)
         row["click_cpu_ms"] = 1000 * statistics.median(click_cpu)
         rows.append(row)
+        engine = annotator = None  # free the ONNX sessions before the next path (vit_b: GBs)
+        gc.collect()
     return rows
 
 
@@ -188,7 +193,8 @@ def format_tables(latency: list[dict[str, Any]], quality: list[dict[str, Any]],
         "# SAM prompt engine: latency (random-init weights, real architectures) and quality",
         "",
         f"{settings['size']}x{settings['size']} image, median of {settings['repeats']} "
-        f"embeddings and {settings['clicks']} clicks; torch threads {settings['threads']}; "
+        f"embeddings and {settings['clicks']} clicks; torch threads {settings['threads']}, "
+        f"click threads {settings['click_threads']}; "
         f"{platform.machine()}, {os.cpu_count()} CPU(s); load average at start "
         f"{settings['load_start']}, at end {settings['load_end']} (compare only on an idle "
         "machine). Targets (2 CPU cores): click->mask <= 50 ms, vit_t embedding <= 0.5 s.",
@@ -231,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clicks", type=int, default=20, help="clicks timed per path")
     parser.add_argument("--threads", type=int, default=None, help="torch/ORT threads")
     parser.add_argument("--nuclei", type=int, default=60, help="nuclei for the quality table")
+    parser.add_argument("--decoder-threads", type=int, default=None,
+                        help="OpenMP threads per click (default: automatic, 1 when busy)")
     parser.add_argument("--paths", default=None,
                         help="encoder paths, e.g. 'torch:fp32,onnx:fp32' (default: all four)")
     args = parser.parse_args(argv)
@@ -246,11 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     clicks = 10 if args.quick and args.clicks == 20 else args.clicks
     paths = ([tuple(p.split(":")) for p in args.paths.split(",")] if args.paths
              else list(ENCODER_PATHS))
+    from cellsparse_app.sam.threads import machine_is_busy
+
+    click_threads = (args.decoder_threads if args.decoder_threads is not None
+                     else f"auto: {'1 (busy machine)' if machine_is_busy() else 'all'}")
     settings = {"size": args.size, "repeats": repeats, "clicks": clicks,
-                "threads": torch.get_num_threads(), "load_start": _load()}
+                "threads": torch.get_num_threads(), "load_start": _load(),
+                "click_threads": click_threads}
     latency: list[dict[str, Any]] = []
     for model in models:
-        latency += latency_rows(model.strip(), args.size, repeats, clicks, paths)
+        latency += latency_rows(model.strip(), args.size, repeats, clicks, paths,
+                                args.decoder_threads)
     latency.append(fallback_row(args.size, clicks))
     quality = quality_rows(20 if args.quick else args.nuclei)
     settings["load_end"] = _load()

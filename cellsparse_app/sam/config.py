@@ -52,7 +52,11 @@ class SamConfig(JsonConfig):
             disk and checked against PyTorch) or ``auto`` (the backend's measured fastest).
         precision: ``fp32``, ``bf16``/``fp16`` (autocast, torch engine), ``int8`` (dynamically
             quantised ONNX encoder, approximate) or ``auto`` (fp32 on CPU, bf16/fp16 on CUDA).
-        threads: intra-op threads for the encoder (None: torch's current setting).
+        threads: intra-op threads of the ONNX encoder (None: torch's current setting).
+        decoder_threads: OpenMP threads decoding a click on CPU, set for the calling thread
+            only (:mod:`cellsparse_app.sam.threads`). None: automatic, 1 while the machine is
+            busy (load average above half the cores: waiting at a barrier per operation then
+            costs up to 8x), all otherwise; 0: torch's setting.
         cache_size: image embeddings kept in memory (LRU, shared by all users).
         download: download missing official weights on first use.
         fallback_if_unavailable: answer with the classical ``fallback`` backend (and say so)
@@ -69,6 +73,7 @@ class SamConfig(JsonConfig):
     encoder_engine: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    decoder_threads: int | None = None
     cache_size: int = 8
     download: bool = True
     fallback_if_unavailable: bool = True
@@ -94,6 +99,10 @@ class SamConfig(JsonConfig):
             raise ValueError(f"cache_size must be an integer >= 1, got {self.cache_size!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.decoder_threads is not None and (not isinstance(self.decoder_threads, int)
+                                                 or self.decoder_threads < 0):
+            raise ValueError(
+                f"decoder_threads must be None or an integer >= 0, got {self.decoder_threads!r}")
         if self.checkpoint is not None and self.random_weights:
             raise ValueError("give either checkpoint or random_weights=True, not both")
 

@@ -26,6 +26,7 @@ from cellsparse_app.sam.config import SamConfig
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendSpec, build_network, get_backend, load_weights
 from cellsparse_app.sam.results import select_masks
+from cellsparse_app.sam.threads import machine_is_busy, omp_threads
 from cellsparse_app.sam.weights import WeightsManager
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,15 @@ class SamEngine:
         encoder_engine: ``torch`` or ``onnx`` (CPU only).
         precision: ``fp32``, ``bf16``, ``fp16`` (torch autocast) or ``int8`` (onnx).
         threads: intra-op threads of the ONNX encoder (None: torch's setting).
+        decoder_threads: OpenMP threads for decoding a click (see ``SamConfig``).
         onnx_dir: where ONNX exports are cached.
         name: model name reported in results (default: the backend name).
     """
 
     def __init__(self, model: Any, spec: BackendSpec, *, device: str = "cpu",
                  encoder_engine: str = "torch", precision: str = "fp32",
-                 threads: int | None = None, onnx_dir: str | Path | None = None,
-                 name: str | None = None) -> None:
+                 threads: int | None = None, decoder_threads: int | None = None,
+                 onnx_dir: str | Path | None = None, name: str | None = None) -> None:
         import torch
 
         if encoder_engine == "onnx" and device != "cpu":
@@ -78,6 +80,7 @@ class SamEngine:
         self.encoder_engine = encoder_engine
         self.precision = precision
         self.threads = threads
+        self.decoder_threads = decoder_threads
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
         self.encoder_calls = 0
         self._onnx: Any = None
@@ -150,7 +153,7 @@ class SamEngine:
         sam = prompt.to_sam()  # the one (row, col) -> (x, y) conversion
         size = embedding.original_size
         dev = self.device
-        with torch.inference_mode():
+        with torch.inference_mode(), omp_threads(self._click_threads()):
             points = boxes = masks_in = None
             if sam.point_coords is not None:
                 coords = self.transform.apply_coords(sam.point_coords.astype(np.float64), size)
@@ -185,6 +188,14 @@ class SamEngine:
         if mode in ("best", "single"):
             return masks, scores, low
         return select_masks(masks, scores, mode, low)
+
+    def _click_threads(self) -> int | None:
+        """OpenMP threads for one click (None: leave torch's setting)."""
+        if self.device.type != "cpu":
+            return None
+        if self.decoder_threads is not None:
+            return self.decoder_threads or None
+        return 1 if machine_is_busy() else None
 
     def _dense_pe(self) -> Any:
         """SAM's positional encoding of the embedding grid (constant: computed once)."""
@@ -293,7 +304,8 @@ def create_sam_engine(cfg: SamConfig, weights: WeightsManager) -> SamEngine:
                        spec.name)
         label = f"{spec.name} (random weights)"
     sam = SamEngine(model, spec, device=device, encoder_engine=engine, precision=precision,
-                    threads=cfg.threads, onnx_dir=weights.directory.parent / "onnx", name=label)
+                    threads=cfg.threads, decoder_threads=cfg.decoder_threads,
+                    onnx_dir=weights.directory.parent / "onnx", name=label)
     if engine == "onnx" and cfg.encoder_engine == "auto":
         try:
             sam.prepare_encoder()

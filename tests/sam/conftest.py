@@ -24,7 +24,8 @@ def vit_t(sam_cache):
     """Random-init MobileSAM (real architecture and cost, meaningless masks), torch encoder."""
     if importlib.util.find_spec("mobile_sam") is None:  # importing it needs the torchvision shim
         pytest.skip("mobilesam-mirror is not installed")
-    cfg = SamConfig(model_type="vit_t", random_weights=True, encoder_engine="torch", device="cpu")
+    cfg = SamConfig(model_type="vit_t", random_weights=True, encoder_engine="torch", device="cpu",
+                    decoder_threads=1)  # same thread count in every test thread: same floats
     return SamAnnotator(cfg, weights=WeightsManager(sam_cache)).load()
 
 
