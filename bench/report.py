@@ -65,6 +65,10 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines += ["", "Plain fp32 PyTorch loop of the same network (patches/s, same run): "
               + (", ".join(f"{k} {v['patches_per_s']:.1f}" for k, v in reference.items()) or "n/a")]
     lines += ["", *summary_lines(agg)]
+    wins = family_lines(agg)
+    if wins:
+        lines += ["", "Which family wins where (AP@0.5; a tie when the lead is within the larger "
+                  "spread over seeds):", "", *wins]
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +95,36 @@ def summary_lines(agg: list[dict[str, Any]]) -> list[str]:
                 )
             out.append(" ".join(parts))
     return out
+
+
+def family_lines(agg: list[dict[str, Any]]) -> list[str]:
+    """Per data set and condition trained with several families: the best family by AP@0.5.
+
+    The lead over the runner-up is called a tie when it is not larger than the larger of the two
+    standard deviations over seeds (one seed: any lead counts).
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in agg:
+        if not _nan(e["ap50"]):
+            groups.setdefault((e["dataset"], e["k"], e["mode"]), []).append(e)
+    out = []
+    for (ds, k, mode), es in sorted(groups.items(), key=lambda kv: (kv[0][0], _k_order(kv[0][1]),
+                                                                    kv[0][2])):
+        if len({e["family"] for e in es}) < 2:
+            continue
+        es = sorted(es, key=lambda e: -e["ap50"])
+        best, second = es[0], es[1]
+        spread = max(_zero_if_nan(best["ap50_std"]), _zero_if_nan(second["ap50_std"]))
+        lead = best["ap50"] - second["ap50"]
+        verdict = f"**{best['family']}** wins by {lead:.3f}" if lead > spread else (
+            f"tie between {best['family']} and {second['family']} ({lead:.3f} <= {spread:.3f})")
+        others = ", ".join(f"{e['family']} {_pm(e, 'ap50')}" for e in es)
+        out.append(f"- {ds}, {best['condition']}: {verdict} ({others})")
+    return out
+
+
+def _zero_if_nan(v: float) -> float:
+    return 0.0 if _nan(v) else float(v)
 
 
 def _budget(settings: dict[str, Any]) -> str:

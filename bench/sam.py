@@ -4,10 +4,11 @@
 
 Latency uses randomly initialised networks of the real architectures (same cost as trained
 weights): for each model, the image encoder on a ``size x size`` image through every encoder
-path (PyTorch fp32 = the reference, PyTorch bf16 autocast, ONNX Runtime fp32 and int8), with its
-ratio to the reference measured in the same run and its relative error against the reference
-embedding; then the click->mask time of one positive click on an already embedded image through
-``SamAnnotator.segment_from_points`` (cache lookup, prompt encoding, mask decoding, upscaling).
+path (PyTorch fp32 = the reference, PyTorch bf16 autocast, ONNX Runtime fp32 and int8, and for
+vit_t the opt-in 512-pixel encoder input, ONNX fp32/int8), with its ratio to the reference
+measured in the same run and its relative error against the reference embedding (n/a at 512: a
+32x32 grid, not comparable); then the click->mask time of one positive click on an already
+embedded image through ``SamAnnotator.segment_from_points`` (cache lookup, prompt encoding, mask decoding, upscaling).
 The classical ``fallback`` backend is timed too.
 
 Quality: IoU of a click's mask with the annotated nucleus on real images (dsb2018 fluorescence),
@@ -33,7 +34,10 @@ import numpy as np
 
 logger = logging.getLogger("bench.sam")
 
-ENCODER_PATHS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))
+#: (engine, precision, encoder input side); sides below 1024 run for vit_t only (see
+#: :mod:`cellsparse_app.sam.input_side`: faster, coarser, opt-in).
+ENCODER_PATHS = (("torch", "fp32", 1024), ("torch", "bf16", 1024), ("onnx", "fp32", 1024),
+                 ("onnx", "int8", 1024), ("onnx", "fp32", 512), ("onnx", "int8", 512))
 
 
 def _times(fn: Callable[[], Any], repeats: int, warmup: int = 1,
@@ -73,13 +77,14 @@ def _test_image(size: int) -> np.ndarray:
 
 
 def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
-                 paths: Sequence[tuple[str, str]],
+                 paths: Sequence[tuple[str, str, int]],
                  decoder_threads: int | None = None) -> list[dict[str, Any]]:
     """Embedding and click timings of ``model_type`` through each encoder path."""
     import torch
 
     from cellsparse_app.sam import SamAnnotator, WeightsManager
     from cellsparse_app.sam.engine import SamEngine, resolve_device
+    from cellsparse_app.sam.input_side import STANDARD_SIDE, with_encoder_side
     from cellsparse_app.sam.onnx_encoder import compare_outputs
     from cellsparse_app.sam.registry import build_network, get_backend
     from cellsparse_app.sam.render import render_rgb
@@ -91,15 +96,19 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
     onnx_dir = WeightsManager().directory.parent / "onnx"
     device = resolve_device("auto")
     if device == "cuda":
-        paths = [("torch", "fp32"), ("torch", "bf16" if torch.cuda.is_bf16_supported() else "fp16")]
+        paths = [("torch", "fp32", STANDARD_SIDE),
+                 ("torch", "bf16" if torch.cuda.is_bf16_supported() else "fp16", STANDARD_SIDE)]
     rows, reference, ref_time = [], None, None
     rng = np.random.default_rng(0)
     points = [(int(r), int(c)) for r, c in rng.integers(0, size, size=(max(clicks, 1), 2))]
-    for engine_name, precision in paths:
-        row: dict[str, Any] = {"model": model_type, "encoder": f"{engine_name} {precision}",
-                               "device": device}
+    for engine_name, precision, side in paths:
+        label = f"{engine_name} {precision}" + (f" @{side}px" if side != STANDARD_SIDE else "")
+        row: dict[str, Any] = {"model": model_type, "encoder": label, "device": device}
+        if side != STANDARD_SIDE and spec.family != "mobile_sam":
+            continue  # the SAM ViTs only run at 1024
         try:
-            engine = SamEngine(model, spec, device=device, encoder_engine=engine_name,
+            net = with_encoder_side(model, spec.family, side)
+            engine = SamEngine(net, spec, device=device, encoder_engine=engine_name,
                                precision=precision, onnx_dir=onnx_dir, name=model_type,
                                decoder_threads=decoder_threads)
             start = time.perf_counter()
@@ -118,7 +127,8 @@ def latency_rows(model_type: str, size: int, repeats: int, clicks: int,
         if reference is None:
             reference, ref_time = features, row["embed_s"]
         row["speedup"] = ref_time / row["embed_s"]
-        row["rel_error"] = compare_outputs(reference, features)["rel_error"]
+        if features.shape == reference.shape:  # another side: another grid, no comparison
+            row["rel_error"] = compare_outputs(reference, features)["rel_error"]
         annotator = SamAnnotator.from_engine(engine)
         annotator.set_image(image)
         it = iter(points * (repeats + 2))
@@ -227,6 +237,14 @@ def format_tables(latency: list[dict[str, Any]], quality: list[dict[str, Any]],
     return "\n".join(lines)
 
 
+def _parse_path(text: str) -> tuple[str, str, int]:
+    """``"onnx:fp32"`` -> ``("onnx", "fp32", 1024)``; ``"onnx:int8:512"`` -> side 512."""
+    parts = text.strip().split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
+        raise SystemExit(f"bad encoder path {text!r}: use engine:precision[:side]")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 1024
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench sam",
                                      description=__doc__.splitlines()[0])
@@ -240,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decoder-threads", type=int, default=None,
                         help="OpenMP threads per click (default: automatic, 1 when busy)")
     parser.add_argument("--paths", default=None,
-                        help="encoder paths, e.g. 'torch:fp32,onnx:fp32' (default: all four)")
+                        help="encoder paths engine:precision[:side], e.g. "
+                             "'torch:fp32,onnx:fp32,onnx:fp32:512' (default: all six)")
     args = parser.parse_args(argv)
     import torch
 
@@ -252,8 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = (args.models or ("vit_t" if args.quick else "vit_t,vit_b")).split(",")
     repeats = args.repeats or (2 if args.quick else 3)
     clicks = 10 if args.quick and args.clicks == 20 else args.clicks
-    paths = ([tuple(p.split(":")) for p in args.paths.split(",")] if args.paths
-             else list(ENCODER_PATHS))
+    paths = [_parse_path(p) for p in args.paths.split(",")] if args.paths else list(ENCODER_PATHS)
     from cellsparse_app.sam.threads import machine_is_busy
 
     click_threads = (args.decoder_threads if args.decoder_threads is not None

@@ -11,12 +11,12 @@ being answered::
 
 A finished job's model is saved to the store atomically. A cancelled or failed job never touches
 the stored model, so the last good model is kept; the partial model of a cancelled job stays
-available in memory through :meth:`JobRunner.result`.
+available in memory through :meth:`JobRunner.result`. Job states, records and snapshots live in
+:mod:`cellsparse_app.job_records` (re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import queue
@@ -27,88 +27,33 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from cellsparse_app.job_records import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED_STATES,
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    JobSnapshot,
+    check_training_data,
+)
+
 if TYPE_CHECKING:
     from cellsparse_app.models.trained import TrainedModel
     from cellsparse_app.store import ModelStore
     from cellsparse_app.train import TrainConfig
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "QUEUED", "RUNNING", "JobRunner",
+    "JobSnapshot", "QueueFullError", "check_training_data",
+]
 
-QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
-FINISHED_STATES = (DONE, CANCELLED, FAILED)
+logger = logging.getLogger(__name__)
 
 
 class QueueFullError(RuntimeError):
     """Raised by :meth:`JobRunner.submit` when too many jobs are waiting."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSnapshot:
-    """A consistent, read-only view of a job, safe to hand to other threads and serialise."""
-
-    id: str
-    state: str
-    family: str
-    model_name: str | None
-    step: int
-    total_steps: int | None
-    loss: float | None
-    elapsed: float
-    fraction: float | None  # share of the budget (steps or time) used, when known
-    history: tuple[tuple[int, float], ...]  # (step, loss), thinned to at most ``history_points``
-    queue_position: int | None
-    error: str | None
-    error_type: str | None
-    model_saved: bool
-    created: float
-    started: float | None
-    finished: float | None
-
-    @property
-    def done(self) -> bool:
-        """Whether the job has finished (successfully or not)."""
-        return self.state in FINISHED_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (history as ``[{"step", "loss"}]``)."""
-        d = dataclasses.asdict(self)
-        d["history"] = [{"step": s, "loss": v} for s, v in self.history]
-        if self.state == DONE:
-            d["progress"] = 1.0
-        elif self.fraction is not None:
-            d["progress"] = min(1.0, self.fraction)
-        else:
-            d["progress"] = min(1.0, self.step / self.total_steps) if self.total_steps else None
-        return d
-
-
-@dataclasses.dataclass
-class _Job:
-    id: str
-    images: list[np.ndarray] | None
-    labels: list[np.ndarray] | None
-    config: "TrainConfig"
-    model_name: str | None
-    resume: bool
-    model_config: Any
-    image_config: Any
-    initial: "TrainedModel | None"
-    created: float = dataclasses.field(default_factory=time.time)
-    state: str = QUEUED
-    step: int = 0
-    total_steps: int | None = None
-    loss: float | None = None
-    elapsed: float = 0.0
-    fraction: float | None = None
-    history: list[tuple[int, float]] = dataclasses.field(default_factory=list)
-    error: str | None = None
-    error_type: str | None = None
-    model_saved: bool = False
-    started: float | None = None
-    finished_at: float | None = None
-    result: "TrainedModel | None" = None
-    cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
-    finished: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class JobRunner:
@@ -141,8 +86,8 @@ class JobRunner:
         self.history_points = history_points
         self.keep_finished = keep_finished
         self._train_fn = train_fn
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._jobs: dict[str, _Job] = {}
+        self._queue: queue.Queue[JobRecord | None] = queue.Queue()
+        self._jobs: dict[str, JobRecord] = {}
         self._order = itertools.count()
         self._lock = threading.RLock()
         self._n_workers = workers
@@ -186,7 +131,7 @@ class JobRunner:
 
             validate_name(model_name)
         images, labels = check_training_data(images, labels)
-        job = _Job(
+        job = JobRecord(
             id=uuid.uuid4().hex[:12],
             images=images,
             labels=labels,
@@ -279,7 +224,7 @@ class JobRunner:
             thread.join(timeout)
 
     # -- internals --------------------------------------------------------------------------
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> JobRecord:
         try:
             return self._jobs[job_id]
         except KeyError:
@@ -303,38 +248,16 @@ class JobRunner:
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
 
-    def _snapshot(self, job: _Job) -> JobSnapshot:
+    def _snapshot(self, job: JobRecord) -> JobSnapshot:
         position = None
         if job.state == QUEUED:
             queued = sorted(
                 (j for j in self._jobs.values() if j.state == QUEUED), key=lambda j: j.created
             )
             position = next(i for i, j in enumerate(queued) if j is job)
-        history = job.history
-        if len(history) > self.history_points:
-            idx = np.linspace(0, len(history) - 1, self.history_points).round().astype(int)
-            history = [history[i] for i in idx]
-        return JobSnapshot(
-            id=job.id,
-            state=job.state,
-            family=job.config.family,
-            model_name=job.model_name,
-            step=job.step,
-            total_steps=job.total_steps,
-            loss=job.loss,
-            elapsed=job.elapsed,
-            fraction=job.fraction,
-            history=tuple(history),
-            queue_position=position,
-            error=job.error,
-            error_type=job.error_type,
-            model_saved=job.model_saved,
-            created=job.created,
-            started=job.started,
-            finished=job.finished_at,
-        )
+        return job.snapshot(position, self.history_points)
 
-    def _finish(self, job: _Job, state: str) -> None:
+    def _finish(self, job: JobRecord, state: str) -> None:
         job.state = state
         job.finished_at = time.time()
         job.images = job.labels = None  # free memory; snapshots do not need them
@@ -359,7 +282,7 @@ class JobRunner:
                     job.error_type = type(exc).__name__
                     self._finish(job, FAILED)
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: JobRecord) -> None:
         train_fn = self._train_fn
         if train_fn is None:
             from cellsparse_app.train import train as train_fn
@@ -401,30 +324,3 @@ class JobRunner:
             self._finish(job, CANCELLED if cancelled else DONE)
         logger.info("training job %s %s", job.id, job.state)
 
-
-def check_training_data(
-    images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Fail fast on training data that cannot work, before a job is queued.
-
-    Raises:
-        ValueError: no images, count or shape mismatch, nothing labelled, no foreground object.
-        TypeError: labels that are not integer images.
-    """
-    from cellsparse_app.io import validate_image
-    from cellsparse_app.labels import validate_labels
-
-    images, labels = list(images), list(labels)
-    if not images:
-        raise ValueError("no training images given")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} image(s) but {len(labels)} label image(s)")
-    images = [validate_image(im, name=f"image {i}") for i, im in enumerate(images)]
-    labels = [validate_labels(lb, shape=im.shape) for im, lb in zip(images, labels)]
-    if not any(int((lb >= 0).sum()) for lb in labels):
-        raise ValueError("the labels annotate nothing: every pixel is unlabelled")
-    if not any(int((lb > 0).sum()) for lb in labels):
-        raise ValueError(
-            "the labels contain no foreground object: annotate at least one cell"
-        )
-    return images, labels

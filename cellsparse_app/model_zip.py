@@ -1,21 +1,25 @@
 """A model directory (``config.json`` + ``weights.pt`` ...) as zip bytes, and back, safely.
 
-:func:`unzip_model` treats the archive as hostile (it may come from an upload): entries with
-absolute paths, ``..`` components, drive letters or symlinks are rejected (zip slip), the number
-of entries and the *actual* uncompressed size are capped while extracting (zip bombs lie in their
-headers), and the model appears at ``dest`` only when everything was extracted (written to a
+:func:`unzip_model` treats the archive as hostile (it may come from an upload): every check of
+:mod:`cellsparse_app.archive` applies (zip slip, links, entry count, size and compression-ratio
+caps), and the model appears at ``dest`` only when everything was extracted (written to a
 temporary sibling directory, then renamed), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import io as _io
 import logging
 import shutil
-import stat
 import tempfile
-import zipfile
 from pathlib import Path, PurePosixPath
+
+from cellsparse_app.archive import (
+    ExtractLimits,
+    checked_members,
+    extract_members,
+    open_archive,
+    zip_directory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +40,7 @@ def zip_model(directory: str | Path) -> bytes:
     directory = Path(directory)
     if not (directory / MODEL_CONFIG).is_file():
         raise ValueError(f"{directory} is not a model directory (no {MODEL_CONFIG})")
-    buf = _io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_symlink() or not path.is_file():
-                continue
-            zf.write(path, path.relative_to(directory).as_posix())
-    return buf.getvalue()
+    return zip_directory(directory)  # type: ignore[return-value]  # no dest: bytes
 
 
 def unzip_model(
@@ -72,61 +70,26 @@ def unzip_model(
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"{dest} already exists and is not an empty directory")
-    try:
-        zf = zipfile.ZipFile(_io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"not a valid zip file: {exc}") from exc
-    with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(zf.infolist()) > max_files:
-            raise ValueError(f"model zip has {len(zf.infolist())} entries (max {max_files})")
-        names = [_safe_name(i) for i in infos]
-        prefix = _common_folder(names)
-        names = [PurePosixPath(*n.parts[len(prefix.parts):]) for n in names]
-        if PurePosixPath(MODEL_CONFIG) not in names:
+    limits = ExtractLimits(max_members=max_files, max_total_bytes=max_bytes)
+    with open_archive(data) as zf:
+        members = checked_members(zf, limits)
+        prefix = _common_folder([path for _, path in members])
+        members = [(info, PurePosixPath(*path.parts[len(prefix.parts):]))
+                   for info, path in members]
+        if PurePosixPath(MODEL_CONFIG) not in [path for _, path in members]:
             raise ValueError(f"not a model zip: no {MODEL_CONFIG} at its top level")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            total = 0
-            for info, name in zip(infos, names):
-                target = tmp.joinpath(*name.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise ValueError(f"model zip expands beyond {max_bytes} bytes")
-                        out.write(chunk)
+            extract_members(zf, members, tmp)
             if dest.exists():
                 dest.rmdir()  # empty, checked above
             tmp.rename(dest)
-        except (zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ValueError(f"corrupt model zip: {exc}") from exc
-        except BaseException:
+        except BaseException:  # whatever stops the extraction, leave nothing half-written
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    logger.info("unzipped model into %s", dest)
     return dest
-
-
-def _safe_name(info: zipfile.ZipInfo) -> PurePosixPath:
-    """The entry's relative path; raises ``ValueError`` for anything that could escape ``dest``."""
-    raw = info.filename
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise ValueError(f"unsafe entry {raw!r} in model zip: symbolic link")
-    name = raw.replace("\\", "/")
-    path = PurePosixPath(name)
-    if (
-        not name
-        or "\x00" in name
-        or path.is_absolute()
-        or ".." in path.parts
-        or (path.parts and ":" in path.parts[0])
-    ):
-        raise ValueError(f"unsafe entry {raw!r} in model zip")
-    return path
 
 
 def _common_folder(names: list[PurePosixPath]) -> PurePosixPath:

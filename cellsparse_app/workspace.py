@@ -34,6 +34,7 @@ from cellsparse_app.prompting import (  # noqa: F401  (the click modes are part 
     SELECT,
     Prompts,
 )
+from cellsparse_app.sessions import SESSION_PREFIX
 from cellsparse_app.workspace_rounds import RoundsMixin
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Workspace(RoundsMixin):
     def create(cls, root: str | Path, sam: Callable[[], Any] | None = None) -> "Workspace":
         """A workspace in a fresh private folder under ``root``."""
         Path(root).mkdir(parents=True, exist_ok=True)
-        return cls(tempfile.mkdtemp(prefix="session-", dir=root), sam)
+        return cls(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=root), sam)
 
     @property
     def project(self) -> Project:

@@ -164,3 +164,26 @@ def test_dispatcher(capsys):
     assert "unknown benchmark" in capsys.readouterr().err
     assert bench_main(["--help"]) == 0
     assert "sparse" in capsys.readouterr().out
+
+
+def test_report_says_which_family_wins_where():
+    from bench.report import family_lines
+
+    def row(family, mode, seed, ap50, k="5%"):
+        return {"dataset": "d", "family": family, "k": k, "mode": mode, "condition": f"k={k}, {mode}",
+                "seed": seed, "annotated": 5, "ap50": ap50, "ap75": ap50 / 2, "train_s": 1.0,
+                "steps": 10, "patches_per_s": 1.0}
+
+    rows = [row("cellpose", "bg", 0, 0.80), row("cellpose", "bg", 1, 0.82),
+            row("stardist", "bg", 0, 0.60), row("stardist", "bg", 1, 0.62),
+            row("cellpose", "naive", 0, 0.50), row("cellpose", "naive", 1, 0.60),
+            row("elephant", "naive", 0, 0.52), row("elephant", "naive", 1, 0.60),
+            row("stardist", "bg", 0, 0.9, k="1")]  # one family only: no comparison
+    lines = family_lines(aggregate(rows))
+    assert len(lines) == 2
+    assert lines[0].startswith("- d, k=5%, bg: **cellpose** wins by 0.200")
+    assert "stardist 0.610 ± 0.010" in lines[0]
+    assert "tie between elephant and cellpose" in lines[1]
+    settings = BenchSettings.quick().__dict__ | {"seeds": [0, 1]}
+    text = markdown_report({"settings": settings, "rows": rows, "reference": {}})
+    assert "Which family wins where" in text and lines[0] in text

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest
@@ -30,6 +29,7 @@ from cellsparse_app.export import (
     zip_model,
 )
 from cellsparse_app.polygons import mask_to_polygons, polygon_to_mask
+from zip_helpers import make_zip
 
 
 def _iou(a, b):
@@ -230,18 +230,6 @@ def test_model_zip_round_trip(tmp_path, model_dir):
         zip_model(tmp_path)
 
 
-def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-        if symlink:
-            info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
-            zf.writestr(info, "/etc/passwd")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(
     "entries, symlink, message",
     [
@@ -258,7 +246,7 @@ def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
 def test_unzip_rejects_hostile_archives(tmp_path, entries, symlink, message):
     dest = tmp_path / "d" / "model"
     with pytest.raises(ValueError, match=message):
-        unzip_model(_zip(entries, symlink), dest, max_bytes=1_000_000)
+        unzip_model(make_zip(entries, symlink), dest, max_bytes=1_000_000)
     assert not dest.exists()
     assert not (tmp_path / "evil.txt").exists()
     assert list((tmp_path / "d").iterdir()) == [] if (tmp_path / "d").exists() else True
@@ -269,8 +257,8 @@ def test_unzip_limits_and_layouts(tmp_path, model_dir):
         unzip_model(b"not a zip at all", tmp_path / "a")
     many = {f"f{i}.txt": b"x" for i in range(20)} | {"config.json": b"{}"}
     with pytest.raises(ValueError, match="entries"):
-        unzip_model(_zip(many), tmp_path / "b", max_files=10)
-    nested = _zip({"mymodel/config.json": b"{}", "mymodel/weights.pt": b"w"})
+        unzip_model(make_zip(many), tmp_path / "b", max_files=10)
+    nested = make_zip({"mymodel/config.json": b"{}", "mymodel/weights.pt": b"w"})
     out = unzip_model(nested, tmp_path / "c")
     assert (out / "config.json").is_file() and (out / "weights.pt").read_bytes() == b"w"
     with pytest.raises(ValueError, match="not an empty directory"):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsparse_app.api.settings import ServerSettings
-from cellsparse_app.sam.weights import CACHE_ENV
+from cellsparse_app.sam.checkpoints import CACHE_ENV
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: Environment variables read by :meth:`ServerSettings.from_env`.
 ENV_HOME = "CELLSPARSE_HOME"
@@ -16,6 +16,14 @@ ENV_MAX_PIXELS = "CELLSPARSE_MAX_IMAGE_PIXELS"
 ENV_MAX_TRAIN_SECONDS = "CELLSPARSE_MAX_TRAIN_SECONDS"
 #: Test/offline-demo switch: SAM networks with random weights (masks are meaningless).
 ENV_SAM_RANDOM_INIT = "CELLSPARSE_SAM_RANDOM_INIT"
+
+#: Environment variable -> (settings field, conversion of its text).
+_ENV_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    ENV_TOKEN: ("token", str),
+    ENV_MAX_BODY: ("max_body_bytes", lambda megabytes: int(float(megabytes) * 2**20)),
+    ENV_MAX_PIXELS: ("max_image_pixels", int),
+    ENV_MAX_TRAIN_SECONDS: ("max_train_seconds", float),
+}
 
 
 def default_home() -> Path:
@@ -79,14 +87,14 @@ class ServerSettings:
     def from_env(cls, **overrides: Any) -> "ServerSettings":
         """Settings from ``CELLSPARSE_*`` environment variables; ``overrides`` (not None) win."""
         values: dict[str, Any] = {}
-        if os.environ.get(ENV_TOKEN):
-            values["token"] = os.environ[ENV_TOKEN]
-        if os.environ.get(ENV_MAX_BODY):
-            values["max_body_bytes"] = int(float(os.environ[ENV_MAX_BODY]) * 2**20)
-        if os.environ.get(ENV_MAX_PIXELS):
-            values["max_image_pixels"] = int(os.environ[ENV_MAX_PIXELS])
-        if os.environ.get(ENV_MAX_TRAIN_SECONDS):
-            values["max_train_seconds"] = float(os.environ[ENV_MAX_TRAIN_SECONDS])
+        for env, (field, convert) in _ENV_FIELDS.items():
+            text = os.environ.get(env)
+            if not text:
+                continue
+            try:
+                values[field] = convert(text)
+            except ValueError:
+                raise ValueError(f"${env} must be a number, got {text!r}") from None
         if os.environ.get(ENV_SAM_RANDOM_INIT, "").lower() in ("1", "true", "yes"):
             values["sam_random_init"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -68,26 +68,37 @@ def star_distances(
     padded = np.pad(labels.astype(np.int32), 1, constant_values=sentinel).ravel()
     stride = width + 2
     start = ((rows + 1) * stride + cols + 1).astype(np.intp)
-    target = (rows * width + cols).astype(np.intp)  # flat index into one ray's output plane
-    for k, angle in enumerate(angles):
-        dr, dc = np.sin(angle), np.cos(angle)
-        overshoot = 0.5 / max(abs(dr), abs(dc))
-        plane = out[k].reshape(-1)
-        pos, where, value = start, target, padded[start]  # still marching along this ray
-        step = 1
-        while pos.size:
-            # floor(x + 0.5), not round-half-even, so consecutive samples are adjacent pixels.
-            offset = int(np.floor(step * dr + 0.5)) * stride + int(np.floor(step * dc + 0.5))
-            hit = padded[pos + offset]
-            same = hit == value
-            if not same.all():
-                done = ~same
-                plane[where[done]] = step - 1 + overshoot
-                if unknown_outside:
-                    outside = done & (hit == sentinel)
-                    plane[where[outside]] = UNKNOWN_DISTANCE
-                pos, where, value = pos[same], where[same], value[same]
-            step += 1
+    # All rays are marched together (one NumPy pass per step, not per ray and step): the Python
+    # loop runs max-ray-length times instead of n_rays times that, which matters when targets are
+    # computed for every training patch.
+    ray = np.repeat(np.arange(n_rays, dtype=np.intp), rows.size)
+    pos = np.tile(start, n_rays)
+    value = padded[pos]
+    # Flat index into ``out`` of each (ray, pixel).
+    where = ray * (height * width) + np.tile((rows * width + cols).astype(np.intp), n_rays)
+    dr, dc = np.sin(angles), np.cos(angles)
+    overshoot = 0.5 / np.maximum(np.abs(dr), np.abs(dc))
+    flat = out.reshape(-1)
+    alive = np.ones(pos.size, bool)
+    n_alive, step = pos.size, 1
+    while n_alive:
+        # floor(x + 0.5), not round-half-even, so consecutive samples are adjacent pixels.
+        offsets = (np.floor(step * dr + 0.5).astype(np.intp) * stride
+                   + np.floor(step * dc + 0.5).astype(np.intp))
+        # Finished rays still held may march past the frame: clip (their values are not used).
+        hit = padded.take(pos + offsets[ray], mode="clip")
+        done = alive & (hit != value)
+        if done.any():
+            flat[where[done]] = (step - 1 + overshoot[ray[done]]).astype(np.float32)
+            if unknown_outside:
+                outside = done & (hit == sentinel)
+                flat[where[outside]] = UNKNOWN_DISTANCE
+            alive &= ~done
+            n_alive = int(np.count_nonzero(alive))
+            if n_alive < alive.size // 2:  # drop finished rays now and then, not every step
+                pos, where, value, ray = pos[alive], where[alive], value[alive], ray[alive]
+                alive = np.ones(n_alive, bool)
+        step += 1
     return out
 
 

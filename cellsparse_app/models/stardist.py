@@ -86,6 +86,8 @@ class StarDistConfig(ModelConfig):
     nms_threshold: float = 0.4
     blocks: int = 1
     style: bool = True
+    dist_on_grid: bool = True  # EXPERIMENT
+    head_channels: int = 0  # EXPERIMENT
 
     def __post_init__(self) -> None:
         check_architecture(self)
@@ -113,9 +115,20 @@ class StarDistFamily(ModelFamily):
     def build(self, cfg: StarDistConfig) -> "torch.nn.Module":
         from cellsparse_app.models.unet import build_unet
 
-        return build_unet(
-            cfg.in_channels, 1 + cfg.n_rays, cfg.base_channels, cfg.depth, cfg.blocks, cfg.style
+        if not cfg.head_channels:
+            return build_unet(
+                cfg.in_channels, 1 + cfg.n_rays, cfg.base_channels, cfg.depth, cfg.blocks, cfg.style
+            )
+        from torch import nn
+
+        from cellsparse_app.models.unet import Conv1x1
+
+        body = build_unet(
+            cfg.in_channels, cfg.head_channels, cfg.base_channels, cfg.depth, cfg.blocks, cfg.style
         )
+        out = Conv1x1(cfg.head_channels, 1 + cfg.n_rays, bias=True)
+        nn.init.zeros_(out.bias)
+        return nn.Sequential(body, nn.ReLU(), out)
 
     def targets(self, labels: np.ndarray, cfg: StarDistConfig) -> np.ndarray:
         """``(1 + n_rays, H, W)``: object probability (-1 unlabelled) then ray lengths.
@@ -126,9 +139,10 @@ class StarDistFamily(ModelFamily):
         labels = np.asarray(labels)
         prob = normalised_edt(labels)
         prob[labels < 0] = -1.0
-        dist = star_distances(labels, cfg.n_rays, grid=cfg.grid, unknown_outside=True)
+        g = cfg.grid if cfg.dist_on_grid else 1
+        dist = star_distances(labels, cfg.n_rays, grid=g, unknown_outside=True)
         off_grid = np.ones(labels.shape, bool)
-        off_grid[:: cfg.grid, :: cfg.grid] = False
+        off_grid[:: g, :: g] = False
         dist[:, off_grid & (labels > 0)] = UNKNOWN_DISTANCE
         return np.concatenate([prob[None], dist], axis=0)
 

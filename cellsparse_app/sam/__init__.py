@@ -8,8 +8,8 @@ Public API (core code: no UI, no web framework):
   :class:`AnnotatorPool`;
 * :class:`Prompt` (:mod:`.prompts`): the one place where ``(row, col)`` meets SAM's ``(x, y)``;
 * :class:`MaskResult`, :func:`paint_masks` (:mod:`.results`), :class:`AutoMaskResult`;
-* :class:`WeightsManager`, :data:`OFFICIAL_WEIGHTS`, :func:`default_cache_dir` (:mod:`.weights`),
-  :class:`DownloadPolicy` (:mod:`.download`);
+* :class:`WeightsManager` (:mod:`.weights`), :data:`OFFICIAL_WEIGHTS`, :func:`default_cache_dir`
+  (:mod:`.checkpoints`), :class:`DownloadPolicy` (:mod:`.download`);
 * :func:`list_backends`, :func:`get_backend` (:mod:`.registry`); :func:`render_rgb`.
 
 Heavy dependencies (torch, segment_anything, mobile_sam, onnxruntime) are imported only when a
@@ -17,6 +17,7 @@ SAM network is loaded.
 """
 
 from cellsparse_app.sam.automask import AutoMaskResult
+from cellsparse_app.sam.checkpoints import OFFICIAL_WEIGHTS, WeightSpec, default_cache_dir
 from cellsparse_app.sam.config import OUTPUT_MODES, AutoMaskConfig, RenderConfig, SamConfig
 from cellsparse_app.sam.download import DownloadCancelled, DownloadError, DownloadPolicy
 from cellsparse_app.sam.predictor import AnnotatorPool, SamAnnotator
@@ -28,14 +29,7 @@ from cellsparse_app.sam.registry import (
 )
 from cellsparse_app.sam.render import render_rgb
 from cellsparse_app.sam.results import MaskResult, paint_masks
-from cellsparse_app.sam.weights import (
-    OFFICIAL_WEIGHTS,
-    DownloadStatus,
-    WeightSpec,
-    WeightsManager,
-    WeightsUnavailableError,
-    default_cache_dir,
-)
+from cellsparse_app.sam.weights import DownloadStatus, WeightsManager, WeightsUnavailableError
 
 __all__ = [
     "AnnotatorPool", "AutoMaskConfig", "AutoMaskResult", "BackendUnavailableError",

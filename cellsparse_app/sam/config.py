@@ -11,7 +11,8 @@ Three frozen dataclasses (JSON round trip through :class:`~cellsparse_app.config
 
 Environment variables (servers): ``CELLSPARSE_SAM_MODEL`` (model type),
 ``CELLSPARSE_SAM_CHECKPOINT`` (local checkpoint file), ``CELLSPARSE_OFFLINE=1`` (never download),
-``CELLSPARSE_SAM_ENCODER`` (encoder engine); read by :meth:`SamConfig.from_env`.
+``CELLSPARSE_SAM_ENCODER`` (encoder engine), ``CELLSPARSE_SAM_ENCODER_SIDE`` (encoder input side);
+read by :meth:`SamConfig.from_env`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 from typing import Mapping
 
 from cellsparse_app.config import JsonConfig
+from cellsparse_app.sam.input_side import STANDARD_SIDE, check_encoder_side
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ MODEL_ENV = "CELLSPARSE_SAM_MODEL"
 CHECKPOINT_ENV = "CELLSPARSE_SAM_CHECKPOINT"
 OFFLINE_ENV = "CELLSPARSE_OFFLINE"
 ENCODER_ENV = "CELLSPARSE_SAM_ENCODER"
+ENCODER_SIDE_ENV = "CELLSPARSE_SAM_ENCODER_SIDE"
 
 ENCODER_ENGINES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -52,6 +55,10 @@ class SamConfig(JsonConfig):
             disk and checked against PyTorch) or ``auto`` (the backend's measured fastest).
         precision: ``fp32``, ``bf16``/``fp16`` (autocast, torch engine), ``int8`` (dynamically
             quantised ONNX encoder, approximate) or ``auto`` (fp32 on CPU, bf16/fp16 on CUDA).
+        encoder_side: side of the square image the encoder sees. 1024 is SAM's own (a smaller
+            image is upsampled to it); ``vit_t`` also runs at a smaller multiple of 64, e.g. 512:
+            ~4x faster embeddings, coarser masks for small objects, accuracy not validated
+            (:mod:`cellsparse_app.sam.input_side`).
         threads: intra-op threads of the ONNX encoder (None: torch's current setting).
         decoder_threads: OpenMP threads decoding a click on CPU, set for the calling thread
             only (:mod:`cellsparse_app.sam.threads`). None: automatic, 1 while the machine is
@@ -72,6 +79,7 @@ class SamConfig(JsonConfig):
     device: str = "auto"
     encoder_engine: str = "auto"
     precision: str = "auto"
+    encoder_side: int = 1024
     threads: int | None = None
     decoder_threads: int | None = None
     cache_size: int = 8
@@ -95,6 +103,12 @@ class SamConfig(JsonConfig):
             raise ValueError("precision='int8' needs encoder_engine='onnx' (or 'auto')")
         if self.precision in ("bf16", "fp16") and self.encoder_engine == "onnx":
             raise ValueError(f"precision={self.precision!r} needs encoder_engine='torch'")
+        check_encoder_side(self.encoder_side)
+        if self.encoder_side != STANDARD_SIDE and self.model_type != "vit_t":
+            raise ValueError(
+                f"encoder_side={self.encoder_side} is only available for vit_t (MobileSAM), "
+                f"not {self.model_type!r}"
+            )
         if not isinstance(self.cache_size, int) or self.cache_size < 1:
             raise ValueError(f"cache_size must be an integer >= 1, got {self.cache_size!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -120,6 +134,11 @@ class SamConfig(JsonConfig):
             changes["checkpoint"] = env[CHECKPOINT_ENV].strip()
         if env.get(ENCODER_ENV):
             changes["encoder_engine"] = env[ENCODER_ENV].strip()
+        if env.get(ENCODER_SIDE_ENV):
+            text = env[ENCODER_SIDE_ENV].strip()
+            if not text.isdigit():
+                raise ValueError(f"{ENCODER_SIDE_ENV} must be an integer, got {text!r}")
+            changes["encoder_side"] = int(text)
         if env.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
             changes["download"] = False
         return cfg.replace(**changes) if changes else cfg

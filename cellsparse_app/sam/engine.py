@@ -23,6 +23,7 @@ import numpy as np
 
 from cellsparse_app.sam import fast_decoder
 from cellsparse_app.sam.config import SamConfig
+from cellsparse_app.sam.input_side import STANDARD_SIDE, with_encoder_side
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendSpec, build_network, get_backend, load_weights
 from cellsparse_app.sam.results import select_masks
@@ -37,8 +38,9 @@ class SamEmbedding:
     """The encoder's answer for one image.
 
     Attributes:
-        features: ``float32 (1, 256, 64, 64)`` tensor on the engine's device.
-        input_size: ``(h, w)`` of the resized image inside SAM's 1024x1024 input.
+        features: ``float32 (1, 256, g, g)`` tensor on the engine's device (``g`` = encoder
+            side / 16: 64 for SAM's 1024).
+        input_size: ``(h, w)`` of the resized image inside the encoder's square input.
         original_size: ``(H, W)`` of the image.
         decoder_cache: per-image part of the decoder's first layer
             (:class:`~cellsparse_app.sam.fast_decoder.DecoderCache`), or None.
@@ -145,7 +147,7 @@ class SamEngine:
 
         Returns:
             ``bool (M, H, W)`` masks, their scores ``(M,)`` and low-resolution logits
-            ``(M, 256, 256)``; ``single`` uses SAM's single-mask output, the other modes its
+            ``(M, 4g, 4g)`` (``256 x 256`` at SAM's 1024 input side); ``single`` uses SAM's single-mask output, the other modes its
             three candidates. Only the selected masks are upscaled to the image size.
         """
         import torch
@@ -303,6 +305,9 @@ def create_sam_engine(cfg: SamConfig, weights: WeightsManager) -> SamEngine:
         logger.warning("SAM %s uses RANDOM weights (tests/benchmarks only): masks are meaningless",
                        spec.name)
         label = f"{spec.name} (random weights)"
+    if cfg.encoder_side != STANDARD_SIDE:
+        model = with_encoder_side(model, spec.family, cfg.encoder_side)
+        label = f"{label} @{cfg.encoder_side}px"  # embeddings differ: other cache keys
     sam = SamEngine(model, spec, device=device, encoder_engine=engine, precision=precision,
                     threads=cfg.threads, decoder_threads=cfg.decoder_threads,
                     onnx_dir=weights.directory.parent / "onnx", name=label)

@@ -61,18 +61,24 @@ def compare_outputs(reference: np.ndarray, other: np.ndarray) -> dict[str, float
             "max_abs": float(np.abs(ref - out).max())}
 
 
-def check_input(seed: int = 0) -> np.ndarray:
-    """The fixed, image-like encoder input used to check exports (normalised, padded)."""
+def check_input(seed: int = 0, side: int = INPUT_SIDE) -> np.ndarray:
+    """The fixed, image-like ``side x side`` encoder input used to check exports."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((1, 3, INPUT_SIDE // 16, INPUT_SIDE // 16)).astype(np.float32)
+    x = rng.standard_normal((1, 3, side // 16, side // 16)).astype(np.float32)
     x = np.repeat(np.repeat(x, 16, axis=2), 16, axis=3)  # blocky structure, like an image
     x += 0.3 * rng.standard_normal(x.shape).astype(np.float32)
-    x[..., INPUT_SIDE * 3 // 4:, :] = 0.0  # padding rows, as for a landscape image
+    x[..., side * 3 // 4:, :] = 0.0  # padding rows, as for a landscape image
     return x
 
 
+def encoder_side(encoder: Any) -> int:
+    """The square input side of a SAM image encoder (``img_size``; SAM's 1024 by default)."""
+    return int(getattr(encoder, "img_size", INPUT_SIDE))
+
+
 class OnnxEncoder:
-    """A callable ``(1, 3, 1024, 1024) float32 tensor -> (1, C, 64, 64) tensor`` on CPU.
+    """A callable ``(1, 3, S, S) float32 tensor -> (1, C, S/16, S/16) tensor`` on CPU (S = 1024
+    for SAM; the encoder's side, see :func:`encoder_side`).
 
     Args:
         path: the ``.onnx`` file.
@@ -135,7 +141,8 @@ def load_onnx_encoder(
     import torch
 
     torch_version = torch.__version__.split("+")[0]
-    key = f"{name}-{fingerprint_module(encoder)}-t{torch_version}-v{EXPORT_VERSION}"
+    side = encoder_side(encoder)
+    key = f"{name}-{fingerprint_module(encoder)}-s{side}-t{torch_version}-v{EXPORT_VERSION}"
     directory = Path(directory)
     path = directory / f"{key}-{precision}.onnx"
     try:
@@ -159,7 +166,7 @@ def _export(encoder: Any, path: Path) -> None:
 
     start = time.perf_counter()
     logger.info("exporting the SAM image encoder to ONNX (once; cached in %s)", path.parent)
-    x = torch.from_numpy(check_input())
+    x = torch.from_numpy(check_input(side=encoder_side(encoder)))
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -201,7 +208,7 @@ def _check(encoder: Any, path: Path, precision: str, threads: int | None,
     """
     import torch
 
-    x = check_input()
+    x = check_input(side=encoder_side(encoder))
     try:
         reference = np.load(reference_path)
     except (OSError, ValueError):

@@ -94,18 +94,19 @@ def get_backend(name: str) -> BackendSpec:
         ) from None
 
 
+def _segment_anything_vit(model_type: str, description: str) -> BackendSpec:
+    """One of the original SAM ViTs: one package, official weights named after the model type."""
+    return BackendSpec(model_type, "segment_anything", "segment_anything", "segment-anything",
+                       model_type, "torch", description)
+
+
 register_backend(BackendSpec(
     "vit_t", "mobile_sam", "mobile_sam", "mobilesam-mirror", "vit_t", "onnx",
     "MobileSAM (TinyViT, 10M parameters): fast on CPU"))
-register_backend(BackendSpec(
-    "vit_b", "segment_anything", "segment_anything", "segment-anything", "vit_b", "torch",
-    "SAM ViT-B (91M parameters)"))
-register_backend(BackendSpec(
-    "vit_l", "segment_anything", "segment_anything", "segment-anything", "vit_l", "torch",
-    "SAM ViT-L (308M parameters)"))
-register_backend(BackendSpec(
-    "vit_h", "segment_anything", "segment_anything", "segment-anything", "vit_h", "torch",
-    "SAM ViT-H (636M parameters): best masks, slow without a GPU"))
+register_backend(_segment_anything_vit("vit_b", "SAM ViT-B (91M parameters)"))
+register_backend(_segment_anything_vit("vit_l", "SAM ViT-L (308M parameters)"))
+register_backend(_segment_anything_vit(
+    "vit_h", "SAM ViT-H (636M parameters): best masks, slow without a GPU"))
 register_backend(BackendSpec(
     "fallback", "classical", None, None, None, "none",
     "classical local threshold + watershed (no SAM weights needed; not SAM)"))

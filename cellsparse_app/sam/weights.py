@@ -1,21 +1,10 @@
-"""SAM weights: official checkpoints, the cache directory, registration, downloads with progress.
+"""SAM weights on disk: downloads with progress and cancel, checksum verification, registration.
 
-Official checkpoints (sizes and SHA-256 as published with the files and cross-checked):
-
-=========  ====================  =============  ===============================================
-name       file                  bytes          source
-=========  ====================  =============  ===============================================
-vit_t      mobile_sam.pt         40,728,226     github.com/ChaoningZhang/MobileSAM (weights/)
-vit_b      sam_vit_b_01ec64.pth  375,042,383    dl.fbaipublicfiles.com/segment_anything/
-vit_l      sam_vit_l_0b3195.pth  1,249,524,607  dl.fbaipublicfiles.com/segment_anything/
-vit_h      sam_vit_h_4b8939.pth  2,564,550,879  dl.fbaipublicfiles.com/segment_anything/
-=========  ====================  =============  ===============================================
-
-Files live in ``<cache>/sam/`` where ``<cache>`` is ``$CELLSPARSE_CACHE_DIR`` or
-``$XDG_CACHE_HOME/cellsparse`` (``~/.cache/cellsparse``). A file put there by hand (offline
-machines) is used as is once its size and checksum match. Extra weights (e.g. micro-sam's
-``vit_b_lm``) are registered by name with an allowlisted https URL; without a published checksum
-the hash of the first download is recorded and checked from then on (trust on first use).
+Which checkpoints exist (official table, :class:`WeightSpec`, the cache directory, the file of
+registered extra weights) is :mod:`cellsparse_app.sam.checkpoints`; its public names are
+re-exported here. A file put in the cache by hand (offline machines) is used as is once its size
+and checksum match. Registered weights without a published checksum get the hash of their first
+download recorded and checked from then on (trust on first use).
 
 A :class:`WeightsManager` (one per server, not a global) tracks one download per weights name:
 ``status(name)`` for progress bars, ``cancel(name)`` to stop it.
@@ -24,15 +13,21 @@ A :class:`WeightsManager` (one per server, not a global) tracks one download per
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import re
 import threading
 from pathlib import Path
 from typing import Callable
 
-from cellsparse_app.config import JsonConfig
+from cellsparse_app.sam.checkpoints import (
+    CACHE_ENV,
+    OFFICIAL_WEIGHTS,
+    WeightSpec,
+    default_cache_dir,
+    new_spec,
+    read_registry,
+    urlpath,
+    write_registry,
+)
 from cellsparse_app.sam.download import (
     DownloadCancelled,
     DownloadError,
@@ -41,75 +36,16 @@ from cellsparse_app.sam.download import (
     file_sha256,
 )
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CACHE_ENV", "OFFICIAL_WEIGHTS", "DownloadStatus", "WeightSpec", "WeightsManager",
+    "WeightsUnavailableError", "default_cache_dir", "urlpath",
+]
 
-CACHE_ENV = "CELLSPARSE_CACHE_DIR"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_REGISTRY_FILE = "registered.json"
+logger = logging.getLogger(__name__)
 
 
 class WeightsUnavailableError(RuntimeError):
     """The weights are not on disk and could not be downloaded; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSpec(JsonConfig):
-    """A downloadable checkpoint.
-
-    Attributes:
-        name: unique name (official ones are named after their model type).
-        model_type: backend that loads it (``vit_t``, ``vit_b`` ...).
-        url: https download URL.
-        filename: file name in the cache directory.
-        size: exact size in bytes, when known.
-        sha256: SHA-256 hex digest, when known.
-        description: one line for people.
-        official: shipped with cellsparse app (cannot be replaced or removed).
-    """
-
-    name: str
-    model_type: str
-    url: str
-    filename: str
-    size: int | None = None
-    sha256: str | None = None
-    description: str = ""
-    official: bool = False
-
-
-OFFICIAL_WEIGHTS: dict[str, WeightSpec] = {
-    "vit_t": WeightSpec(
-        "vit_t", "vit_t",
-        "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/master/weights/mobile_sam.pt",
-        "mobile_sam.pt", 40_728_226,
-        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-        "MobileSAM (Zhang et al. 2023), Apache-2.0", True),
-    "vit_b": WeightSpec(
-        "vit_b", "vit_b", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        "sam_vit_b_01ec64.pth", 375_042_383,
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        "Segment Anything ViT-B (Kirillov et al. 2023), Apache-2.0", True),
-    "vit_l": WeightSpec(
-        "vit_l", "vit_l", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        "sam_vit_l_0b3195.pth", 1_249_524_607,
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        "Segment Anything ViT-L (Kirillov et al. 2023), Apache-2.0", True),
-    "vit_h": WeightSpec(
-        "vit_h", "vit_h", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        "sam_vit_h_4b8939.pth", 2_564_550_879,
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        "Segment Anything ViT-H (Kirillov et al. 2023), Apache-2.0", True),
-}
-
-
-def default_cache_dir() -> Path:
-    """``$CELLSPARSE_CACHE_DIR`` or ``$XDG_CACHE_HOME/cellsparse`` (``~/.cache/cellsparse``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "cellsparse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +89,7 @@ class WeightsManager:
         self._status: dict[str, DownloadStatus] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._running: dict[str, threading.Lock] = {}
-        self._registered = self._read_registry()
+        self._registered = read_registry(self.directory)
 
     # -- catalogue -------------------------------------------------------------------------------
     def specs(self, model_type: str | None = None) -> list[WeightSpec]:
@@ -189,29 +125,8 @@ class WeightsManager:
             ValueError: invalid or official name, unknown model type, bad checksum format, or
                 a URL the download policy refuses (https only, allowlisted host).
         """
-        from cellsparse_app.sam.registry import get_backend
-
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(
-                f"invalid weights name {name!r}: 1-64 letters, digits, '_', '-', '.', starting "
-                "with a letter or digit"
-            )
-        if name in OFFICIAL_WEIGHTS:
-            raise ValueError(f"{name!r} is an official weights name; choose another name")
-        if not get_backend(model_type).needs_weights:
-            raise ValueError(f"model type {model_type!r} takes no weights")
-        if sha256 is not None and not _SHA256.match(sha256.lower()):
-            raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-        if size is not None and (size <= 0 or size > self.policy.max_bytes):
-            raise ValueError(f"size must be in 1..{self.policy.max_bytes} bytes, got {size}")
-        try:
-            self.policy.check_url(url, resolve=False)
-        except DownloadError as exc:
-            raise ValueError(str(exc)) from exc
-        suffix = Path(urlpath(url)).suffix.lower()
-        filename = f"{name}{suffix if suffix in ('.pt', '.pth', '.bin') else '.pt'}"
-        spec = WeightSpec(name, model_type, url, filename, size,
-                          sha256.lower() if sha256 else None, description)
+        spec = new_spec(name, model_type, url, self.policy, sha256=sha256, size=size,
+                        description=description)
         with self._lock:
             old = self._registered.get(name)
             if old is not None and (old.url, old.model_type) != (url, model_type):
@@ -219,7 +134,7 @@ class WeightsManager:
                 (self.directory / old.filename).unlink(missing_ok=True)
                 _sidecar(self.directory / old.filename).unlink(missing_ok=True)
             self._registered[name] = spec
-            self._write_registry()
+            write_registry(self.directory, self._registered)
         logger.info("registered SAM weights %s (%s) from %s", name, model_type, url)
         return spec
 
@@ -231,7 +146,7 @@ class WeightsManager:
             spec = self._registered.pop(name, None)
             if spec is None:
                 raise ValueError(f"no registered weights called {name!r}")
-            self._write_registry()
+            write_registry(self.directory, self._registered)
         (self.directory / spec.filename).unlink(missing_ok=True)
         _sidecar(self.directory / spec.filename).unlink(missing_ok=True)
 
@@ -366,33 +281,7 @@ class WeightsManager:
         with self._lock:
             if spec.name in self._registered:
                 self._registered[spec.name] = dataclasses.replace(spec, sha256=digest, size=size)
-                self._write_registry()
-
-    def _read_registry(self) -> dict[str, WeightSpec]:
-        path = self.directory / _REGISTRY_FILE
-        if not path.is_file():
-            return {}
-        try:
-            entries = json.loads(path.read_text())
-            specs = [WeightSpec.from_dict(e) for e in entries]
-        except (ValueError, TypeError) as exc:
-            logger.warning("ignoring unreadable %s (%s)", path, exc)
-            return {}
-        return {s.name: s for s in specs if s.name not in OFFICIAL_WEIGHTS and _NAME.match(s.name)}
-
-    def _write_registry(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / _REGISTRY_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([s.to_dict() for s in self._registered.values()], indent=2))
-        os.replace(tmp, path)
-
-
-def urlpath(url: str) -> str:
-    """The path part of ``url``."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).path
+                write_registry(self.directory, self._registered)
 
 
 def _sidecar(path: Path) -> Path:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from cellsparse_app.sessions import remove_stale_sessions
 from cellsparse_app.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -22,12 +23,14 @@ logger = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default: float, kind: type[int] | type[float] = int) -> Any:
+    """``$name`` read as ``kind`` (int or float); ``default`` when it is unset or empty."""
     value = os.environ.get(name)
     try:
-        return int(value) if value else default
+        return kind(value) if value else default
     except ValueError:
-        raise ValueError(f"${name} must be an integer, got {value!r}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"${name} must be {expected}, got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,9 @@ class AppSettings:
         gpu_slots: trainings/predictions running at once (``CELLSPARSE_GPU_SLOTS``); more wait
             in the queue.
         sam_slots: SAM requests served at once (``CELLSPARSE_SAM_SLOTS``).
+        session_max_age_hours: at start-up, session folders under ``session_root`` unchanged
+            for longer than this are deleted (``CELLSPARSE_SESSION_MAX_AGE_HOURS``, default 24;
+            0 keeps them): a crashed or restarted server never closed its sessions.
         max_train_seconds: the largest time budget a user may ask for.
         example_image, example_truth: the bundled example and its ground truth.
     """
@@ -51,20 +57,30 @@ class AppSettings:
     ))
     sam_model: str = dataclasses.field(
         default_factory=lambda: os.environ.get("CELLSPARSE_SAM_MODEL", "vit_t"))
-    gpu_slots: int = dataclasses.field(default_factory=lambda: _env_int("CELLSPARSE_GPU_SLOTS", 1))
-    sam_slots: int = dataclasses.field(default_factory=lambda: _env_int("CELLSPARSE_SAM_SLOTS", 2))
+    gpu_slots: int = dataclasses.field(
+        default_factory=lambda: _env_number("CELLSPARSE_GPU_SLOTS", 1))
+    sam_slots: int = dataclasses.field(
+        default_factory=lambda: _env_number("CELLSPARSE_SAM_SLOTS", 2))
+    session_max_age_hours: float = dataclasses.field(
+        default_factory=lambda: _env_number("CELLSPARSE_SESSION_MAX_AGE_HOURS", 24.0, float))
     max_train_seconds: int = 900
     example_image: Path = ASSETS_DIR / "example_nuclei.png"
     example_truth: Path = ASSETS_DIR / "example_nuclei_labels.tif"
 
 
 class AppContext:
-    """Settings plus the shared, lazily created SAM annotator (thread-safe)."""
+    """Settings plus the shared, lazily created SAM annotator (thread-safe).
+
+    Creating it (once per server start) removes the session folders a previous run left
+    behind (see :func:`cellsparse_app.sessions.remove_stale_sessions`).
+    """
 
     def __init__(self, settings: AppSettings | None = None) -> None:
         self.settings = settings or AppSettings()
         if self.settings.gpu_slots < 1 or self.settings.sam_slots < 1:
             raise ValueError(f"gpu_slots and sam_slots must be >= 1, got {self.settings}")
+        remove_stale_sessions(self.settings.session_root,
+                              self.settings.session_max_age_hours * 3600)
         self._annotator: Any = None
         self._lock = threading.Lock()
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-import tifffile
 import torch
+from family_checks import check_saved_model, cli_round_trip
 
 from cellsparse_app.labels import select_sparse
 from cellsparse_app.metrics import average_precision
@@ -184,61 +180,14 @@ def test_postprocess_min_size_and_empty():
 
 # --- training on real images, through the command line ----------------------------------------
 
-TRAIN_STEPS = 120
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cellsparse_app.cli", *args], capture_output=True, text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
 def cli_run(dsb_fluo, tmp_path_factory):
-    """``cellsparse train --model stardist`` on 4 DSB images (a quarter of the nuclei annotated
-    + background), ``predict`` on 6 other images and ``evaluate``; returns the paths and JSON."""
-    from bench.conditions import split_samples
-
-    root = tmp_path_factory.mktemp("stardist_cli")
-    train_set, test_set = split_samples(dsb_fluo, 4, 6)
-    rng = np.random.default_rng(0)
-    images, labels, tests, truths = [], [], [], []
-    for i, s in enumerate(train_set):
-        ids = np.arange(1, s.mask.max() + 1)
-        picked = rng.choice(ids, max(1, len(ids) // 4), replace=False)
-        tifffile.imwrite(root / f"img{i}.tif", s.image)
-        tifffile.imwrite(root / f"lab{i}.tif", select_sparse(s.mask, picked).astype(np.int32))
-        images.append(str(root / f"img{i}.tif"))
-        labels.append(str(root / f"lab{i}.tif"))
-    for i, s in enumerate(test_set):
-        tifffile.imwrite(root / f"test{i}.tif", s.image)
-        tifffile.imwrite(root / f"truth{i}.tif", s.mask.astype(np.uint16))
-        tests.append(str(root / f"test{i}.tif"))
-        truths.append(str(root / f"truth{i}.tif"))
-    model = root / "model"
-    train = _cli("train", *images, "--labels", *labels, "--out", str(model), "--model", "stardist",
-                 "--steps", str(TRAIN_STEPS), "--device", "cpu", "--seed", "0")
-    assert train.returncode == 0, train.stderr
-    predict = _cli("predict", "--model", str(model), *tests, "--out", str(root / "pred"))
-    assert predict.returncode == 0, predict.stderr
-    preds = [str(root / "pred" / f"test{i}.tif") for i in range(len(tests))]
-    evaluate = _cli("evaluate", "--truth", *truths, "--pred", *preds)
-    assert evaluate.returncode == 0, evaluate.stderr
-    return {"model": model, "preds": preds, "truths": truths, "scores": json.loads(evaluate.stdout)}
+    """``cellsparse train --model stardist`` on 4 DSB images, predict on 6 others, evaluate."""
+    return cli_round_trip(dsb_fluo, tmp_path_factory.mktemp("stardist_cli"), "stardist")
 
 
 def test_cli_round_trip_trains_a_stardist_model(cli_run):
-    config = json.loads((cli_run["model"] / "config.json").read_text())
-    assert config["family"] == "stardist"
-    assert StarDistConfig.from_dict(config["model"]) == StarDistConfig()
-    assert config["meta"]["steps_done"] == TRAIN_STEPS
-    from cellsparse_app.train import TrainedModel
-
-    model = TrainedModel.load(cli_run["model"])
-    assert model.network(torch.zeros(1, 1, 64, 64)).shape == (1, 1 + CFG.n_rays, 64, 64)
-    for pred, truth in zip(cli_run["preds"], cli_run["truths"]):
-        assert tifffile.imread(pred).shape == tifffile.imread(truth).shape
+    check_saved_model(cli_run, "stardist", StarDistConfig, 1 + CFG.n_rays)
 
 
 def test_short_sparse_training_segments_other_images(cli_run):

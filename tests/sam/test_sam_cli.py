@@ -46,3 +46,11 @@ def test_importing_the_engine_loads_no_framework_and_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_annotate_refuses_a_bad_encoder_side_before_reading_images(tmp_path):
+    done = _run(["annotate", str(tmp_path / "absent.tif"), "--out", str(tmp_path / "out"),
+                 "--sam-encoder-side", "500"], tmp_path)
+    assert done.returncode == 2
+    assert "encoder_side must be a multiple of 64" in done.stderr and "500" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -209,3 +209,18 @@ def test_checkpoint_of_another_model_type_is_named(tmp_path):
     torch.save({"image_encoder.layers.0.w": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="holds vit_t weights but the model type is 'vit_b'"):
         load_weights(torch.nn.Linear(1, 1), get_backend("vit_b"), path)
+
+
+def test_hand_edited_registry_cannot_point_outside_the_cache(server, tmp_path):
+    import json
+
+    from cellsparse_app.sam.checkpoints import REGISTRY_FILE
+
+    manager = WeightsManager(tmp_path, policy=DownloadPolicy.local_testing())
+    manager.register("vit_b_lm", "vit_b", f"{server}/good.pt")
+    registry = manager.directory / REGISTRY_FILE
+    entries = json.loads(registry.read_text())
+    entries[0]["filename"] = "../outside.pt"
+    registry.write_text(json.dumps(entries))
+    reloaded = WeightsManager(tmp_path, policy=DownloadPolicy.local_testing())
+    assert [s.name for s in reloaded.specs("vit_b")] == ["vit_b"]
