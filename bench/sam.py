@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     clicks = 10 if args.quick and args.clicks == 20 else args.clicks
     paths = [_parse_path(p) for p in args.paths.split(",")] if args.paths else list(ENCODER_PATHS)
-    from cellsparse_app.sam.threads import machine_is_busy
+    from cellsparse_app.threads import machine_is_busy
 
     click_threads = (args.decoder_threads if args.decoder_threads is not None
                      else f"auto: {'1 (busy machine)' if machine_is_busy() else 'all'}")

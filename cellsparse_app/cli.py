@@ -60,6 +60,8 @@ def _predict(args: argparse.Namespace) -> int:
         cfg = cfg.replace(prob_threshold=args.prob_threshold)
     if args.min_size is not None:
         cfg = cfg.replace(min_size=args.min_size)
+    if args.flow_threshold is not None:
+        cfg = cfg.replace(flow_threshold=args.flow_threshold)
     out_dir = Path(args.out)
     for path in args.images:
         labels = predict_instances(model, read_image(path), cfg)
@@ -143,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--prob-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None)
+    p.add_argument("--flow-threshold", type=float, default=None,
+                   help="Cellpose-style quality check: masks whose flows disagree with their "
+                        "shape by more than this are dropped (default 0.4; higher keeps more, "
+                        "0 keeps all)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="AP at IoU 0.5/0.75/0.9 of predictions against truth")

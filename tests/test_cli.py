@@ -88,6 +88,15 @@ def test_train_predict_evaluate_round_trip(files):
     assert printed["n_true"] == sum(int(tifffile.imread(t).max()) for t in files["truth"])
     assert printed["n_pred"] == sum(int(tifffile.imread(p).max()) for p in preds)
 
+    # A very strict flow quality check (0.01) keeps no more masks than the default (0.4); that it
+    # removes some is checked in tests/ui/test_ui_train_predict.py with a longer-trained model.
+    strict = files["root"] / "strict"
+    result = _cli("predict", "--model", str(model), *files["test"], "--out", str(strict),
+                  "--flow-threshold", "0.01")
+    assert result.returncode == 0, result.stderr
+    kept = sum(int(tifffile.imread(strict / p.name).max()) for p in preds)
+    assert kept <= printed["n_pred"]
+
     # Continue training the saved model (family taken from it), a few fixed steps.
     again = files["root"] / "model2"
     result = _cli(

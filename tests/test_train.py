@@ -242,3 +242,18 @@ def test_short_training_on_real_nuclei_generalises(dsb_fluo):
     preds = [predict_instances(model, s.image) for s in test_set]
     result = evaluate_many([s.mask for s in test_set], preds, (0.5,))
     assert result["ap50"] >= 0.5, result
+
+
+def test_batch_thread_leaves_the_cores_to_the_network():
+    from cellsparse_app.threads import _libgomp
+    from cellsparse_app.train.loop import _Prefetcher
+
+    if _libgomp() is None or torch.get_num_threads() < 2:
+        pytest.skip("needs the OpenMP runtime and >= 2 PyTorch threads")
+    before = torch.get_num_threads()
+    producer = _Prefetcher(torch.get_num_threads)  # each "batch" is the thread's OpenMP count
+    try:
+        assert producer.get() == 1
+    finally:
+        producer.close()
+    assert torch.get_num_threads() == before  # the training thread keeps its threads

@@ -61,7 +61,7 @@ class SamConfig(JsonConfig):
             (:mod:`cellsparse_app.sam.input_side`).
         threads: intra-op threads of the ONNX encoder (None: torch's current setting).
         decoder_threads: OpenMP threads decoding a click on CPU, set for the calling thread
-            only (:mod:`cellsparse_app.sam.threads`). None: automatic, 1 while the machine is
+            only (:mod:`cellsparse_app.threads`). None: automatic, 1 while the machine is
             busy (load average above half the cores: waiting at a barrier per operation then
             costs up to 8x), all otherwise; 0: torch's setting.
         cache_size: image embeddings kept in memory (LRU, shared by all users).

@@ -31,6 +31,7 @@ from cellsparse_app import device as devices
 from cellsparse_app.io import ImageConfig
 from cellsparse_app.models.base import ModelConfig, get_family
 from cellsparse_app.models.trained import TrainedModel
+from cellsparse_app.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
 from cellsparse_app.train.config import TrainConfig, TrainProgress
 from cellsparse_app.train.inputs import check_inputs
@@ -345,7 +346,11 @@ def _version() -> str:
 
 
 class _Prefetcher:
-    """Runs ``make`` in a background thread, keeping up to ``depth`` results ready."""
+    """Runs ``make`` in a background thread, keeping up to ``depth`` results ready.
+
+    The thread uses one OpenMP thread (:func:`cellsparse_app.threads.omp_threads`), leaving the
+    cores to the network's operations in the training thread.
+    """
 
     def __init__(self, make: Callable[[], Batch], depth: int = 2) -> None:
         self._make = make
@@ -355,6 +360,10 @@ class _Prefetcher:
         self._thread.start()
 
     def _work(self) -> None:
+        with omp_threads(1):
+            self._produce()
+
+    def _produce(self) -> None:
         while not self._stop.is_set():
             try:
                 item = self._make()

@@ -37,9 +37,14 @@ def _slider(comparison: Any, right: str) -> tuple:
 @friendly
 def predict(
     ws: Workspace | None, scope: str, prob_threshold: float | None, min_size: float | None,
-    right: str, progress: gr.Progress = gr.Progress(),
+    right: str, flow_threshold: float | None = None, progress: gr.Progress = gr.Progress(),
 ) -> tuple:
-    """Predict with the active round. Outputs: slider, results text, legend, comparison text."""
+    """Predict with the active round. Outputs: slider, results text, legend, comparison text.
+
+    ``flow_threshold`` is the Cellpose-style family's mask quality check (ignored by the others):
+    models trained for minutes on few cells have less consistent flows, and a higher value (or 0,
+    no check) then keeps their valid masks; on irregular cells the check removes fragments.
+    """
     from cellsparse_app.predict import PredictConfig
 
     ws = require(ws)
@@ -48,6 +53,8 @@ def predict(
         cfg = cfg.replace(prob_threshold=float(prob_threshold))
     if min_size is not None:
         cfg = cfg.replace(min_size=int(min_size))
+    if flow_threshold is not None and flow_threshold >= 0:
+        cfg = cfg.replace(flow_threshold=float(flow_threshold))
     predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
     value, legend, note = _slider(comparison, right)
     text = fmt.prediction_markdown(predictions)

@@ -191,6 +191,9 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                              minimum=0, maximum=1, step=0.05)
                             min_size = gr.Number(15, label="Min object size (px)", precision=0,
                                                  minimum=0)
+                            flow_qc = gr.Number(0.4, label="Flow error threshold (Cellpose-style "
+                                                "check; higher keeps more masks, 0 keeps all)",
+                                                minimum=0, step=0.1)
                         with gr.Row():
                             predict_btn = gr.Button("Predict", variant="primary",
                                                     elem_id="cs-predict")
@@ -273,7 +276,7 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         stop_btn.click(trn.stop, [state], [stop_md], concurrency_limit=None)
         rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out])
 
-        predict_btn.click(res.predict, [state, scope, prob, min_size, right],
+        predict_btn.click(res.predict, [state, scope, prob, min_size, right, flow_qc],
                           [slider, pred_md, legend, cmp_md], **gpu).success(
             trn.refresh_rounds, [state], rounds_out)
         right.input(res.show_comparison, [state, right], [slider, legend, cmp_md])

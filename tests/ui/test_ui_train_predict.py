@@ -78,6 +78,17 @@ def test_predict_compare_and_correct(trained, example_truth, pixels):
     assert len(np.unique(pred)) - 1 == n
     ap = ws.project.round().metrics[ws.current]["truth"]["ap"][0]
     assert 0.0 < ap <= 1.0
+    # The flow quality check only removes masks: off (0) keeps at least as many, a very strict
+    # one (0.01: almost no flow is that exact after minutes of training) fewer.
+    counts = {}
+    for qc in (0.0, 0.01):
+        _, text_qc, _, _ = res.predict(ws, "current", None, 15, res.PREDICTION, qc,
+                                       progress=lambda *a, **k: None)
+        counts[qc] = int(text_qc.split("**")[3])
+    assert counts[0.0] >= n > counts[0.01]
+    slider, text, legend, compare = res.predict(ws, "current", None, 15, res.PREDICTION, 0.4,
+                                                progress=lambda *a, **k: None)
+    assert int(text.split("**")[3]) == n
     value, legend, compare = res.show_comparison(ws, res.ERRORS)
     assert "Errors vs ground truth" in compare and "False positive" in legend
     assert not np.array_equal(value[1], slider[1])

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from cellsparse_app.sam import SamConfig
-from cellsparse_app.sam.threads import _libgomp, machine_is_busy, omp_threads
+from cellsparse_app.threads import _libgomp, machine_is_busy, omp_threads
 
 
 def test_limit_applies_to_the_calling_thread_only():
