@@ -37,7 +37,8 @@ class PredictConfig(JsonConfig):
             ``None``: the family's default (0.5 for Cellpose-style).
         flow_threshold: Cellpose-style quality control: masks whose flows disagree with their
             shape by more than this are dropped (0 keeps all).
-        nms_threshold: StarDist-style overlap threshold of the non-maximum suppression.
+        nms_threshold: StarDist-style overlap threshold of the non-maximum suppression;
+            ``None``: the model's own (``StarDistConfig.nms_threshold``).
         min_size: objects with fewer pixels are removed.
         tile_size: largest tile side given to the network (memory bound).
         tile_overlap: overlap of neighbouring tiles as a fraction of ``tile_size``.
@@ -47,7 +48,7 @@ class PredictConfig(JsonConfig):
 
     prob_threshold: float | None = None
     flow_threshold: float = 0.4
-    nms_threshold: float = 0.4
+    nms_threshold: float | None = None
     min_size: int = 15
     tile_size: int = 1024
     tile_overlap: float = 0.125
@@ -57,8 +58,10 @@ class PredictConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.prob_threshold is not None and not 0 < self.prob_threshold < 1:
             raise ValueError(f"prob_threshold must be in (0, 1) or None, got {self.prob_threshold}")
-        if self.flow_threshold < 0 or not 0 <= self.nms_threshold <= 1:
-            raise ValueError("flow_threshold must be >= 0 and nms_threshold in [0, 1]")
+        if self.flow_threshold < 0:
+            raise ValueError(f"flow_threshold must be >= 0, got {self.flow_threshold}")
+        if self.nms_threshold is not None and not 0 <= self.nms_threshold <= 1:
+            raise ValueError(f"nms_threshold must be in [0, 1] or None, got {self.nms_threshold}")
         if not isinstance(self.min_size, int) or self.min_size < 0:
             raise ValueError(f"min_size must be an integer >= 0, got {self.min_size!r}")
         if not isinstance(self.tile_size, int) or self.tile_size < 32:

@@ -13,6 +13,23 @@ it only acts inside annotated objects. Rays are marched until they leave their o
 next to it (another cell, background or unlabelled); a ray that leaves a training patch while still
 inside its object has an unknown length and is ignored.
 
+Learning fast from few objects (held-out DSB nuclei, 5% of the objects + background, 150 steps,
+3 seeds: AP@0.5 0.68 +- 0.05, 0.93x dense; before, 300 steps left the predicted probability below
+0.5 in nearly every nucleus, AP@0.5 0.01-0.03). Ray lengths still need more steps than that to be
+precise (AP@0.75 about 0.1 there).
+
+* **Class-balanced BCE** (``balance_classes``): annotated object pixels and annotated background
+  pixels each make half of the probability loss. With a few annotated objects and all the
+  background, object pixels are ~1% of the labelled pixels; the plain BCE then kept the predicted
+  probability of every nucleus below StarDist's 0.5 threshold (peaks 0.1-0.45, by seed). Within
+  a sure object the optimum is still the target itself, so the threshold keeps its meaning.
+* Ray lengths are learnt at **every** object pixel, not only on the prediction grid: the network
+  is full-resolution (StarDist's network outputs on the grid, so there every output is trained),
+  and a few annotated objects give four times the distance supervision.
+* As StarDist's ``net_conv_after_unet``, the U-Net's features go through a hidden layer
+  (``head_channels``) before the outputs: 32 ray lengths are not a linear function of the 16
+  features of the first U-Net level.
+
 Output channels: ``0`` object logit, ``1..n_rays`` ray lengths in units of ``dist_scale`` pixels.
 The geometry lives in :mod:`cellsparse_app.models.star_geometry` (no ``stardist`` or TensorFlow
 dependency).
@@ -22,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -34,7 +51,6 @@ from cellsparse_app.models.common import (
     remove_small_objects,
 )
 from cellsparse_app.models.star_geometry import (
-    UNKNOWN_DISTANCE,
     distances_to_polygons,
     polygon_nms,
     polygons_to_labels,
@@ -62,8 +78,8 @@ class StarDistConfig(ModelConfig):
         base_channels: width of the first U-Net level (as the Cellpose-style family).
         depth: number of down-samplings.
         n_rays: number of radial distances per pixel (equally spaced angles).
-        grid: stride of the candidate grid at prediction and of the distance targets (StarDist's
-            ``grid``); the probability is learnt at every pixel.
+        grid: stride of the candidate grid at prediction (StarDist's ``grid``); probability and
+            ray lengths are learnt at every pixel.
         dist_loss_weight: weight of the distance loss (mean absolute ray error in pixels,
             weighted by the object probability) relative to the probability loss.
         dist_scale: pixels per unit of the network's distance channels, so that the raw outputs
@@ -74,6 +90,10 @@ class StarDistConfig(ModelConfig):
             overrides it).
         blocks: residual conv pairs per U-Net level.
         style: use the U-Net's style vector.
+        head_channels: width of the hidden 1x1 layer between the U-Net and the outputs (0: the
+            U-Net's head gives the outputs directly).
+        balance_classes: weigh annotated object and background pixels equally in the BCE (see
+            the module docstring); ``False``: every labelled pixel counts the same.
     """
 
     base_channels: int = 16
@@ -86,8 +106,19 @@ class StarDistConfig(ModelConfig):
     nms_threshold: float = 0.4
     blocks: int = 1
     style: bool = True
-    dist_on_grid: bool = True  # EXPERIMENT
-    head_channels: int = 0  # EXPERIMENT
+    head_channels: int = 64
+    balance_classes: bool = True
+
+    #: Values of fields added after the first release, for configs saved before them: those
+    #: models had no hidden head layer and an unbalanced BCE (they keep loading and training
+    #: exactly as they were trained).
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"head_channels": 0, "balance_classes": False}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StarDistConfig":
+        if isinstance(data, dict):
+            data = {**{k: v for k, v in cls.LEGACY_DEFAULTS.items() if k not in data}, **data}
+        return super().from_dict(data)
 
     def __post_init__(self) -> None:
         check_architecture(self)
@@ -100,6 +131,8 @@ class StarDistConfig(ModelConfig):
                 f"dist_loss_weight must be >= 0 and dist_scale > 0, got "
                 f"{self.dist_loss_weight} and {self.dist_scale}"
             )
+        if not isinstance(self.head_channels, int) or self.head_channels < 0:
+            raise ValueError(f"head_channels must be an integer >= 0, got {self.head_channels!r}")
         for name in ("prob_threshold", "nms_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -123,6 +156,7 @@ class StarDistFamily(ModelFamily):
 
         from cellsparse_app.models.unet import Conv1x1
 
+        # StarDist's conv after the U-Net: a hidden layer, then linear outputs.
         body = build_unet(
             cfg.in_channels, cfg.head_channels, cfg.base_channels, cfg.depth, cfg.blocks, cfg.style
         )
@@ -133,21 +167,21 @@ class StarDistFamily(ModelFamily):
     def targets(self, labels: np.ndarray, cfg: StarDistConfig) -> np.ndarray:
         """``(1 + n_rays, H, W)``: object probability (-1 unlabelled) then ray lengths.
 
-        Ray lengths are ``-1`` (ignored) off the grid and where the ray leaves the patch inside
-        its object; 0 outside instances.
+        Ray lengths are ``-1`` (ignored) where the ray leaves the patch inside its object; 0
+        outside instances.
         """
         labels = np.asarray(labels)
         prob = normalised_edt(labels)
         prob[labels < 0] = -1.0
-        g = cfg.grid if cfg.dist_on_grid else 1
-        dist = star_distances(labels, cfg.n_rays, grid=g, unknown_outside=True)
-        off_grid = np.ones(labels.shape, bool)
-        off_grid[:: g, :: g] = False
-        dist[:, off_grid & (labels > 0)] = UNKNOWN_DISTANCE
+        dist = star_distances(labels, cfg.n_rays, unknown_outside=True)
         return np.concatenate([prob[None], dist], axis=0)
 
     def loss(self, output: "torch.Tensor", target: "torch.Tensor", cfg: StarDistConfig):
-        """BCE over labelled pixels + ``dist_loss_weight`` x probability-weighted ray L1."""
+        """BCE over labelled pixels + ``dist_loss_weight`` x probability-weighted ray L1.
+
+        With ``balance_classes`` the BCE is the mean of its average over annotated object pixels
+        and its average over annotated background pixels (of those present in the batch).
+        """
         import torch
         from torch.nn import functional as F
 
@@ -158,7 +192,14 @@ class StarDistFamily(ModelFamily):
             output[:, 0], prob_t.clamp(min=0), reduction="none"
         )
         zero = output.new_zeros(())
-        prob_loss = torch.where(labelled, bce, zero).sum() / labelled.sum().clamp(min=1)
+        if cfg.balance_classes:
+            parts = [prob_t > 0, prob_t == 0]  # annotated objects, annotated background
+            counts = [m.sum() for m in parts]
+            prob_loss = sum(
+                torch.where(m, bce, zero).sum() / n.clamp(min=1) for m, n in zip(parts, counts)
+            ) / sum((n > 0).float() for n in counts).clamp(min=1)
+        else:
+            prob_loss = torch.where(labelled, bce, zero).sum() / labelled.sum().clamp(min=1)
 
         dist_t = target[:, 1:]
         weight = torch.where(dist_t >= 0, prob_t.clamp(min=0)[:, None], zero)
