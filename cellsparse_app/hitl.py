@@ -94,7 +94,7 @@ def train_round(
     from cellsparse_app.train import TrainedModel, train_iter
 
     snapshot = project.snapshot()  # the user may keep annotating while this round trains
-    ids, images, labels = project.training_data()
+    ids, images, labels = project.training_data(snapshot)
     totals = project.totals()
     if not ids:
         raise ValueError("nothing to train on yet: accept some Foreground cells and mark some "

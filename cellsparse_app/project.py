@@ -175,11 +175,18 @@ class Project:
         with self._lock:
             self._save_labels(image_id)
 
-    def training_data(self) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-        """``(ids, images, labels)`` of every image with at least one annotated pixel."""
+    def training_data(
+        self, snapshot: dict[str, np.ndarray] | None = None
+    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        """``(ids, images, labels)`` of every image with at least one annotated pixel.
+
+        ``snapshot`` (from :meth:`snapshot`): take the labels from it, so that what a round
+        trains on and what it saves as its annotations are the same copies.
+        """
         with self._lock:
-            ids = [i for i in self._images if (self._editors[i].labels >= 0).any()]
-            return ids, [self.image(i) for i in ids], [self.labels(i) for i in ids]
+            snapshot = self.snapshot() if snapshot is None else snapshot
+            ids = [i for i, labels in snapshot.items() if (labels >= 0).any()]
+            return ids, [self.image(i) for i in ids], [snapshot[i] for i in ids]
 
     def totals(self) -> dict[str, int]:
         """Annotated cells, background pixels and annotated images over the project."""

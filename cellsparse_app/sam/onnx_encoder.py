@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from cellsparse_app.sam.input_side import STANDARD_SIDE
+
 logger = logging.getLogger(__name__)
 
 #: Bump when the export procedure changes (invalidates cached files).
 EXPORT_VERSION = 1
 OPSET = 17
-INPUT_SIDE = 1024
 #: Accepted difference between the ONNX and the PyTorch encoder on the check input.
 MAX_REL_ERROR_FP32 = 1e-3
 MIN_COSINE_INT8 = 0.98
@@ -61,7 +62,7 @@ def compare_outputs(reference: np.ndarray, other: np.ndarray) -> dict[str, float
             "max_abs": float(np.abs(ref - out).max())}
 
 
-def check_input(seed: int = 0, side: int = INPUT_SIDE) -> np.ndarray:
+def check_input(seed: int = 0, side: int = STANDARD_SIDE) -> np.ndarray:
     """The fixed, image-like ``side x side`` encoder input used to check exports."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, 3, side // 16, side // 16)).astype(np.float32)
@@ -73,7 +74,7 @@ def check_input(seed: int = 0, side: int = INPUT_SIDE) -> np.ndarray:
 
 def encoder_side(encoder: Any) -> int:
     """The square input side of a SAM image encoder (``img_size``; SAM's 1024 by default)."""
-    return int(getattr(encoder, "img_size", INPUT_SIDE))
+    return int(getattr(encoder, "img_size", STANDARD_SIDE))
 
 
 class OnnxEncoder:
