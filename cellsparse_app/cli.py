@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=None)
     p.add_argument("--flow-threshold", type=float, default=None,
                    help="Cellpose-style quality check: masks whose flows disagree with their "
-                        "shape by more than this are dropped (default 0.4; higher keeps more, "
+                        "shape by more than this are dropped (default: the model's own, calibrated "
+                        "in training on the annotated objects, 0.4 to 1; higher keeps more, "
                         "0 keeps all)")
     p.set_defaults(func=_predict)
 

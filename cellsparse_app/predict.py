@@ -36,7 +36,8 @@ class PredictConfig(JsonConfig):
         prob_threshold: object probability (0..1) a pixel needs to be part of an object;
             ``None``: the family's default (0.5 for Cellpose-style).
         flow_threshold: Cellpose-style quality control: masks whose flows disagree with their
-            shape by more than this are dropped (0 keeps all).
+            shape by more than this are dropped (0 keeps all); ``None``: the model's own,
+            calibrated in training (``CellposeConfig.flow_threshold``).
         nms_threshold: StarDist-style overlap threshold of the non-maximum suppression;
             ``None``: the model's own (``StarDistConfig.nms_threshold``).
         min_size: objects with fewer pixels are removed.
@@ -47,7 +48,7 @@ class PredictConfig(JsonConfig):
     """
 
     prob_threshold: float | None = None
-    flow_threshold: float = 0.4
+    flow_threshold: float | None = None
     nms_threshold: float | None = None
     min_size: int = 15
     tile_size: int = 1024
@@ -58,8 +59,8 @@ class PredictConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.prob_threshold is not None and not 0 < self.prob_threshold < 1:
             raise ValueError(f"prob_threshold must be in (0, 1) or None, got {self.prob_threshold}")
-        if self.flow_threshold < 0:
-            raise ValueError(f"flow_threshold must be >= 0, got {self.flow_threshold}")
+        if self.flow_threshold is not None and not self.flow_threshold >= 0:
+            raise ValueError(f"flow_threshold must be >= 0 or None, got {self.flow_threshold}")
         if self.nms_threshold is not None and not 0 <= self.nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1] or None, got {self.nms_threshold}")
         if not isinstance(self.min_size, int) or self.min_size < 0:
@@ -107,7 +108,7 @@ def predict_raw(
         model.network = network
     network = devices.prepare_module(network, device).eval()
     multiple = 2 ** int(getattr(model.config, "depth", 0))
-    return _tiled(network, x, cfg, device, multiple, progress)
+    return predict_array(network, x, cfg, device, multiple, progress)
 
 
 def predict_instances(
@@ -152,14 +153,16 @@ def _ramp(length: int, overlap: int) -> np.ndarray:
     return ramp
 
 
-def _tiled(
+def predict_array(
     network: torch.nn.Module,
     x: np.ndarray,
     cfg: PredictConfig,
     device: torch.device,
     multiple: int,
-    progress: Progress | None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
+    """Blended tiled output ``(K, H, W)`` of ``network`` (on ``device``, eval mode) for a
+    prepared ``float32 (C, H, W)`` array; tile sides are multiples of ``multiple``."""
     channels, height, width = x.shape
     tile = max(multiple, cfg.tile_size // multiple * multiple)
     overlap = int(round(tile * cfg.tile_overlap))

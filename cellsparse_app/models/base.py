@@ -8,7 +8,10 @@ A *family* (Cellpose-style flows, StarDist-style rays, ELEPHANT-style classes ..
   of a label patch in the -1/0/1..N convention (see :mod:`cellsparse_app.labels`);
 * ``loss(output, target, cfg)``: a loss averaged over labelled pixels only, so that changing the
   image or labels under unlabelled (-1) pixels never changes it;
-* ``postprocess(output, cfg, predict_cfg)``: raw network output of one image -> instance labels.
+* ``postprocess(output, cfg, predict_cfg)``: raw network output of one image -> instance labels;
+* optionally ``initialise(network, labels, cfg)``: a fresh network adjusted to the training
+  labels, and ``calibrate(outputs, labels, cfg)``: after training, prediction settings fitted to
+  the trained network's outputs on its own annotations (kept in the config).
 
 The training loop, tiling, persistence, CLI, UI and API are family-agnostic: adding a family is a
 new module that calls :func:`register_family`.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -70,6 +73,24 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def postprocess(self, output: np.ndarray, cfg: ModelConfig, predict_cfg: Any) -> np.ndarray:
         """Instance labels (``uint32``, 0 background) from one image's ``float32 (K, H, W)``."""
+
+    def initialise(
+        self, network: "torch.nn.Module", labels: Sequence[np.ndarray], cfg: ModelConfig
+    ) -> None:
+        """Adjust a freshly built ``network`` to the training labels before training starts
+        (e.g. output biases set to typical target values); the default does nothing."""
+
+    def calibrate(
+        self, outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: ModelConfig
+    ) -> ModelConfig:
+        """``cfg`` with prediction settings fitted after training (the default changes nothing).
+
+        Args:
+            outputs: the trained network's ``(K, H, W)`` outputs on crops of the training images
+                that hold every annotated object whole.
+            labels: the training labels (-1/0/1..N) of the same crops.
+        """
+        return cfg
 
     def target_kinds(self, cfg: ModelConfig) -> tuple[str, ...] | None:
         """How each target channel follows geometric augmentation, or ``None`` (the default).

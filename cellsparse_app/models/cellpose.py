@@ -18,12 +18,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cellsparse_app.labels import relabel_sequential, validate_labels
 from cellsparse_app.models.base import ModelConfig, ModelFamily, register_family
+from cellsparse_app.models.common import predict_setting
+from cellsparse_app.models.flow_quality import (
+    CELLPOSE_FLOW_THRESHOLD,
+    calibrated_flow_threshold,
+    remove_bad_flow_masks,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +53,9 @@ class CellposeConfig(ModelConfig):
         style: use the style vector.
         flow_weight: weight of the flow MSE relative to the probability BCE.
         niter: steps of the flow dynamics at prediction (enough for cells up to ~2x this wide).
+        flow_threshold: the model's flow quality threshold (``PredictConfig.flow_threshold``
+            overrides it); training calibrates it on the annotated objects
+            (:mod:`cellsparse_app.models.flow_quality`). Models saved before it keep Cellpose's 0.4.
     """
 
     base_channels: int = 16
@@ -55,6 +64,7 @@ class CellposeConfig(ModelConfig):
     style: bool = True
     flow_weight: float = 1.0
     niter: int = 200
+    flow_threshold: float = CELLPOSE_FLOW_THRESHOLD
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "base_channels", "depth", "blocks", "niter"):
@@ -63,6 +73,10 @@ class CellposeConfig(ModelConfig):
                 raise ValueError(f"CellposeConfig.{name} must be an integer >= 1, got {value!r}")
         if not self.flow_weight >= 0:
             raise ValueError(f"CellposeConfig.flow_weight must be >= 0, got {self.flow_weight}")
+        if not self.flow_threshold >= 0:
+            raise ValueError(
+                f"CellposeConfig.flow_threshold must be >= 0, got {self.flow_threshold}"
+            )
 
 
 def _dynamics():
@@ -256,29 +270,12 @@ def reconstruct_instances(
         )
     masks = np.asarray(masks).astype(np.int64)
     if flow_threshold and masks.max() > 0:
-        masks = _remove_bad_flow_masks(masks, output[:2], flow_threshold)
+        masks = remove_bad_flow_masks(masks, output[:2] / FLOW_SCALE, flow_threshold)
     if masks.max() > 0:
         from cellpose.utils import fill_holes_and_remove_small_masks
 
         masks = fill_holes_and_remove_small_masks(masks.astype(np.uint32), min_size=min_size or -1)
     return np.asarray(masks).astype(np.uint32)
-
-
-def _remove_bad_flow_masks(masks: np.ndarray, output_flows: np.ndarray, threshold: float) -> np.ndarray:
-    """Drop masks whose predicted flows differ from their own shape's flows (Cellpose's QC)."""
-    from cellsparse_app.labels import relabel_sequential
-
-    masks = relabel_sequential(masks.astype(np.int32))
-    ideal = instance_flows(masks)
-    err = ((ideal - output_flows / FLOW_SCALE) ** 2).sum(axis=0)
-    ids = masks.ravel()
-    n = int(ids.max())
-    mean_err = np.bincount(ids, err.ravel(), n + 1) / np.maximum(np.bincount(ids, minlength=n + 1), 1)
-    bad = np.flatnonzero(mean_err > threshold)
-    bad = bad[bad > 0]
-    if len(bad):
-        masks = np.where(np.isin(masks, bad), 0, masks)
-    return relabel_sequential(masks)
 
 
 class CellposeFamily(ModelFamily):
@@ -309,10 +306,19 @@ class CellposeFamily(ModelFamily):
         return reconstruct_instances(
             output,
             prob_threshold=0.5 if threshold is None else threshold,
-            flow_threshold=getattr(predict_cfg, "flow_threshold", 0.4),
+            flow_threshold=predict_setting(predict_cfg, "flow_threshold", cfg.flow_threshold),
             min_size=getattr(predict_cfg, "min_size", 15),
             niter=cfg.niter,
         )
+
+
+    def calibrate(
+        self, outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: CellposeConfig
+    ) -> CellposeConfig:
+        """Set ``flow_threshold`` from the flows on the annotated objects (see flow_quality)."""
+        flows = [np.asarray(out[:2], np.float32) / FLOW_SCALE for out in outputs]
+        threshold = calibrated_flow_threshold(flows, labels)
+        return dataclasses.replace(cfg, flow_threshold=round(threshold, 4))
 
 
 register_family(CellposeFamily())

@@ -11,6 +11,9 @@ Design (why it is fast and safe on a 2-core CPU):
 * The learning rate warms up over the model's *whole life* (``meta["steps_done"]``), so continued
   training does not warm up again, then follows a cosine decay over each round's budget
   (steps or seconds, whichever is tighter).
+* After training, the family fits its prediction settings to the network's outputs on the
+  annotated objects (:mod:`cellsparse_app.train.calibration`; e.g. the Cellpose-style flow
+  threshold), outside the time budget (well under a second for typical annotations).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cellsparse_app.models.base import ModelConfig, get_family
 from cellsparse_app.models.trained import TrainedModel
 from cellsparse_app.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
+from cellsparse_app.train.calibration import calibrate_config
 from cellsparse_app.train.config import TrainConfig, TrainProgress
 from cellsparse_app.train.inputs import check_inputs
 from cellsparse_app.train.sampler import PatchSampler
@@ -148,6 +152,7 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
         network = copy.deepcopy(initial.network)
     else:
         network = family.build(model_config)
+        family.initialise(network, labels, model_config)
     network = devices.prepare_module(network, device).train()
     done_before = initial.steps_done if initial is not None else 0
 
@@ -243,6 +248,11 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
     if losses:
         _record(history, losses, done_before + step, step, start, lr, round_index)
     network.eval()
+    if not cancelled:  # a cancelled run stops now; it keeps the settings it started with
+        model_config = calibrate_config(
+            family, network, model_config, [s.image for s in sources], [s.labels for s in sources],
+            device,
+        )
     elapsed = time.perf_counter() - start
     model = TrainedModel(
         family=family.name,

@@ -41,9 +41,9 @@ def predict(
 ) -> tuple:
     """Predict with the active round. Outputs: slider, results text, legend, comparison text.
 
-    ``flow_threshold`` is the Cellpose-style family's mask quality check (ignored by the others):
-    models trained for minutes on few cells have less consistent flows, and a higher value (or 0,
-    no check) then keeps their valid masks; on irregular cells the check removes fragments.
+    ``flow_threshold`` is the Cellpose-style family's mask quality check (ignored by the others);
+    empty (``None``) uses the model's own, calibrated in training on the annotated objects. A
+    higher value (or 0, no check) keeps more masks; on irregular cells the check removes fragments.
     """
     from cellsparse_app.predict import PredictConfig
 

@@ -191,8 +191,9 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                              minimum=0, maximum=1, step=0.05)
                             min_size = gr.Number(15, label="Min object size (px)", precision=0,
                                                  minimum=0)
-                            flow_qc = gr.Number(0.4, label="Flow error threshold (Cellpose-style "
-                                                "check; higher keeps more masks, 0 keeps all)",
+                            flow_qc = gr.Number(None, label="Flow error threshold (Cellpose-style "
+                                                "check; empty: the model's calibrated value, "
+                                                "higher keeps more masks, 0 keeps all)",
                                                 minimum=0, step=0.1)
                         with gr.Row():
                             predict_btn = gr.Button("Predict", variant="primary",

@@ -66,12 +66,15 @@ def cli_round_trip(samples, root: Path, family: str, steps: int = TRAIN_STEPS) -
 
 def check_saved_model(run: dict, family: str, config_cls, n_outputs: int,
                       steps: int = TRAIN_STEPS) -> None:
-    """The CLI's model folder holds ``family`` with default config, loads, and predicts in shape."""
+    """The CLI's model folder holds ``family`` with default config (apart from the prediction
+    settings training calibrates), loads, and predicts in shape."""
     from cellsparse_app.train import TrainedModel
 
     config = json.loads((run["model"] / "config.json").read_text())
     assert config["family"] == family
-    assert config_cls.from_dict(config["model"]) == config_cls()
+    saved = config_cls.from_dict(config["model"])
+    calibrated = {"prob_threshold", "flow_threshold"} & set(config["model"])
+    assert saved.replace(**{k: getattr(config_cls(), k) for k in calibrated}) == config_cls()
     assert config["meta"]["steps_done"] == steps
     model = TrainedModel.load(run["model"])
     assert model.network(torch.zeros(1, 1, 64, 64)).shape == (1, n_outputs, 64, 64)

@@ -164,15 +164,26 @@ def test_postprocess_thresholds_and_min_size():
         reconstruct_instances(out[:2])
 
 
-def test_flow_threshold_drops_inconsistent_masks():
-    from cellsparse_app.models.cellpose import _remove_bad_flow_masks
+def test_flow_threshold_is_the_models_own_unless_overridden():
+    from cellsparse_app.predict import PredictConfig
 
     labels = _disks()
     out = _ideal_output(flow_targets(labels))
-    out[:2, labels == 2] *= -1  # flows pointing outwards: not what this shape gives
-    kept = _remove_bad_flow_masks(labels.astype(np.int64), out[:2], threshold=0.4)
-    assert np.array_equal(kept, (labels == 1).astype(np.int32))
-    assert np.array_equal(_remove_bad_flow_masks(labels, _ideal_output(flow_targets(labels))[:2], 0.4), labels)
+    out[:2, labels == 2] *= 0.1  # weak flows: error ~0.8 in object 2, ~0 in the others
+    family = get_family("cellpose")
+    n = int(labels.max())
+
+    def count(model_threshold, predict_threshold):
+        cfg = CellposeConfig(flow_threshold=model_threshold)
+        return int(family.postprocess(out, cfg, PredictConfig(flow_threshold=predict_threshold)).max())
+
+    assert count(0.4, None) == n - 1  # Cellpose's 0.4 drops the weak object
+    assert count(0.95, None) == n  # a calibrated looser threshold keeps it
+    assert count(0.95, 0.4) == n - 1  # PredictConfig overrides the model's own
+    assert count(0.4, 0.0) == n  # 0: no check
+    # Models saved before the field existed keep Cellpose's 0.4.
+    old = {k: v for k, v in CellposeConfig().to_dict().items() if k != "flow_threshold"}
+    assert CellposeConfig.from_dict(old).flow_threshold == 0.4
 
 
 def test_config_validation():

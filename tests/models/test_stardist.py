@@ -72,6 +72,27 @@ def test_network_with_and_without_hidden_head(head):
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 9, 32, 32)
 
 
+def test_ray_outputs_start_at_the_annotated_objects_mean_ray_length():
+    from cellsparse_app.models.stardist import mean_ray_length
+
+    rr, cc = np.mgrid[:80, :80]
+    disk = ((rr - 40) ** 2 + (cc - 40) ** 2 <= 12**2).astype(np.int32)
+    sparse = np.where(disk > 0, 1, -1)
+    length = mean_ray_length([sparse], 32)
+    # Centre-weighted rays of a radius-12 disk: between half the radius and the radius.
+    assert 6 < length < 12.5
+    assert mean_ray_length([np.zeros((20, 20), np.int32)], 32) == 0.0
+    family, cfg = get_family("stardist"), StarDistConfig()
+    torch.manual_seed(0)
+    network = family.build(cfg)
+    family.initialise(network, [sparse], cfg)
+    bias = network[-1].bias.detach()
+    assert bias[0] == 0 and torch.allclose(bias[1:], torch.full((32,), length / cfg.dist_scale))
+    untouched = family.build(cfg)
+    family.initialise(untouched, [np.zeros((20, 20), np.int32)], cfg)  # nothing to learn from
+    assert torch.count_nonzero(untouched[-1].bias) == 0
+
+
 def test_instance_edt_separates_touching_cells_and_continues_at_the_edge():
     labels = np.zeros((5, 8), np.int32)
     labels[:, :4], labels[:, 4:] = 1, 2  # two touching cells filling the image
@@ -204,6 +225,21 @@ def test_loss_is_lower_for_the_ideal_output(dsb_fluo):
     ideal = torch.from_numpy(ideal_output(mask))[None]
     noisy = ideal + torch.randn(ideal.shape, generator=torch.Generator().manual_seed(0))
     assert FAMILY.loss(ideal, target, CFG) < 0.5 * FAMILY.loss(noisy, target, CFG)
+
+
+def test_calibration_picks_the_probability_threshold_the_model_needs(dsb_fluo):
+    mask = dsb_fluo[0].mask[:160, :160]
+    labels = select_sparse(mask, np.unique(mask)[1:6], background=True)
+    out = ideal_output(mask)
+    prob = np.clip(0.45 * normalised_edt(mask), 1e-4, 1 - 1e-4)  # peaks just under 0.5
+    out[0] = np.log(prob / (1 - prob))
+    assert FAMILY.postprocess(out, CFG, None).max() == 0  # 0.5 finds nothing
+    cfg = FAMILY.calibrate([out], [labels], CFG)
+    assert cfg.prob_threshold in (0.2, 0.3, 0.4)  # one that finds the objects
+    assert average_precision(labels, FAMILY.postprocess(out, cfg, None), 0.5) >= 0.9
+    # A confident model keeps StarDist's 0.5; no annotation changes nothing.
+    assert FAMILY.calibrate([ideal_output(mask)], [labels], CFG).prob_threshold == 0.5
+    assert FAMILY.calibrate([], [], CFG) == CFG
 
 
 @pytest.mark.parametrize("dataset", ["dsb_fluo", "usiigaci_phase"])

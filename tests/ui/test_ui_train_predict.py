@@ -86,7 +86,10 @@ def test_predict_compare_and_correct(trained, example_truth, pixels):
                                        progress=lambda *a, **k: None)
         counts[qc] = int(text_qc.split("**")[3])
     assert counts[0.0] >= n > counts[0.01]
-    slider, text, legend, compare = res.predict(ws, "current", None, 15, res.PREDICTION, 0.4,
+    # Empty: the model's own threshold again (calibrated in training; >= Cellpose's 0.4).
+    saved = json.loads((ws.project.model_dir() / "config.json").read_text())
+    assert 0.4 <= saved["model"]["flow_threshold"] <= 1.0
+    slider, text, legend, compare = res.predict(ws, "current", None, 15, res.PREDICTION, None,
                                                 progress=lambda *a, **k: None)
     assert int(text.split("**")[3]) == n
     value, legend, compare = res.show_comparison(ws, res.ERRORS)
