@@ -9,8 +9,7 @@ A *family* (Cellpose-style flows, StarDist-style rays, ELEPHANT-style classes ..
 * ``loss(output, target, cfg)``: a loss averaged over labelled pixels only, so that changing the
   image or labels under unlabelled (-1) pixels never changes it;
 * ``postprocess(output, cfg, predict_cfg)``: raw network output of one image -> instance labels;
-* optionally ``initialise(network, labels, cfg)``: a fresh network adjusted to the training
-  labels, and ``calibrate(outputs, labels, cfg)``: after training, prediction settings fitted to
+* optionally ``calibrate(outputs, labels, cfg)``: after training, prediction settings fitted to
   the trained network's outputs on its own annotations (kept in the config).
 
 The training loop, tiling, persistence, CLI, UI and API are family-agnostic: adding a family is a
@@ -73,12 +72,6 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def postprocess(self, output: np.ndarray, cfg: ModelConfig, predict_cfg: Any) -> np.ndarray:
         """Instance labels (``uint32``, 0 background) from one image's ``float32 (K, H, W)``."""
-
-    def initialise(
-        self, network: "torch.nn.Module", labels: Sequence[np.ndarray], cfg: ModelConfig
-    ) -> None:
-        """Adjust a freshly built ``network`` to the training labels before training starts
-        (e.g. output biases set to typical target values); the default does nothing."""
 
     def calibrate(
         self, outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: ModelConfig

@@ -152,7 +152,6 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
         network = copy.deepcopy(initial.network)
     else:
         network = family.build(model_config)
-        family.initialise(network, labels, model_config)
     network = devices.prepare_module(network, device).train()
     done_before = initial.steps_done if initial is not None else 0
 

@@ -72,27 +72,6 @@ def test_network_with_and_without_hidden_head(head):
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 9, 32, 32)
 
 
-def test_ray_outputs_start_at_the_annotated_objects_mean_ray_length():
-    from cellsparse_app.models.stardist import mean_ray_length
-
-    rr, cc = np.mgrid[:80, :80]
-    disk = ((rr - 40) ** 2 + (cc - 40) ** 2 <= 12**2).astype(np.int32)
-    sparse = np.where(disk > 0, 1, -1)
-    length = mean_ray_length([sparse], 32)
-    # Centre-weighted rays of a radius-12 disk: between half the radius and the radius.
-    assert 6 < length < 12.5
-    assert mean_ray_length([np.zeros((20, 20), np.int32)], 32) == 0.0
-    family, cfg = get_family("stardist"), StarDistConfig()
-    torch.manual_seed(0)
-    network = family.build(cfg)
-    family.initialise(network, [sparse], cfg)
-    bias = network[-1].bias.detach()
-    assert bias[0] == 0 and torch.allclose(bias[1:], torch.full((32,), length / cfg.dist_scale))
-    untouched = family.build(cfg)
-    family.initialise(untouched, [np.zeros((20, 20), np.int32)], cfg)  # nothing to learn from
-    assert torch.count_nonzero(untouched[-1].bias) == 0
-
-
 def test_instance_edt_separates_touching_cells_and_continues_at_the_edge():
     labels = np.zeros((5, 8), np.int32)
     labels[:, :4], labels[:, 4:] = 1, 2  # two touching cells filling the image
