@@ -45,7 +45,10 @@ def _train(args: argparse.Namespace) -> int:
 
     model = train(images, labels, cfg, initial=initial, progress=report)
     out = model.save(args.out)
-    print(f"model written to {out}", flush=True)
+    calibrated = ", ".join(
+        f"{k} {getattr(model.config, k):g}" for k in model.family_impl.calibrated_fields
+    )
+    print(f"model written to {out}" + (f" (calibrated: {calibrated})" if calibrated else ""), flush=True)
     return 0
 
 

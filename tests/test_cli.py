@@ -61,6 +61,7 @@ def test_train_predict_evaluate_round_trip(files):
     )
     assert result.returncode == 0, result.stderr
     assert "step " in result.stdout and "model written to" in result.stdout
+    assert "(calibrated: flow_threshold " in result.stdout
     assert (model / "config.json").is_file() and (model / "weights.pt").is_file()
     meta = json.loads((model / "config.json").read_text())["meta"]
     assert meta["train"]["seed"] == 1 and meta["train"]["max_seconds"] == 20

@@ -54,6 +54,8 @@ class ModelFamily(abc.ABC):
     name: ClassVar[str]
     title: ClassVar[str]  # human-readable name for menus
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    #: Config fields that :meth:`calibrate` sets after training.
+    calibrated_fields: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def build(self, cfg: ModelConfig) -> "torch.nn.Module":

@@ -284,6 +284,7 @@ class CellposeFamily(ModelFamily):
     name = "cellpose"
     title = "Cellpose-style (flows)"
     config_cls = CellposeConfig
+    calibrated_fields = ("flow_threshold",)
 
     def build(self, cfg: CellposeConfig) -> "torch.nn.Module":
         from cellsparse_app.models.unet import build_unet

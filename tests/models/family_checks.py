@@ -73,7 +73,9 @@ def check_saved_model(run: dict, family: str, config_cls, n_outputs: int,
     config = json.loads((run["model"] / "config.json").read_text())
     assert config["family"] == family
     saved = config_cls.from_dict(config["model"])
-    calibrated = {"prob_threshold", "flow_threshold"} & set(config["model"])
+    from cellsparse_app.models import get_family
+
+    calibrated = get_family(family).calibrated_fields
     assert saved.replace(**{k: getattr(config_cls(), k) for k in calibrated}) == config_cls()
     assert config["meta"]["steps_done"] == steps
     model = TrainedModel.load(run["model"])
