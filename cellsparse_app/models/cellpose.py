@@ -312,7 +312,6 @@ class CellposeFamily(ModelFamily):
             niter=cfg.niter,
         )
 
-
     def calibrate(
         self, outputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], cfg: CellposeConfig
     ) -> CellposeConfig:
