@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cellsparse_app.labels import relabel_sequential, validate_labels
 from cellsparse_app.models.base import ModelConfig, ModelFamily, register_family
-from cellsparse_app.models.common import predict_setting
+from cellsparse_app.models.common import predict_setting, probability_logit
 from cellsparse_app.models.flow_quality import (
     CELLPOSE_FLOW_THRESHOLD,
     calibrated_flow_threshold,
@@ -218,11 +217,6 @@ def masked_loss(
     return flow_weight * flow_loss + prob_loss
 
 
-def _logit(p: float) -> float:
-    p = min(max(float(p), 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 def reconstruct_instances(
     output: np.ndarray,
     *,
@@ -255,7 +249,7 @@ def reconstruct_instances(
     if not 0.0 < prob_threshold < 1.0:
         raise ValueError(f"prob_threshold must be in (0, 1), got {prob_threshold}")
     shape = output.shape[1:]
-    inside = output[2] > _logit(prob_threshold)
+    inside = output[2] > probability_logit(prob_threshold)
     if not inside.any():
         return np.zeros(shape, np.uint32)
     dynamics = _dynamics()

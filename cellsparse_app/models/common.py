@@ -1,8 +1,9 @@
-"""Helpers shared by the StarDist- and ELEPHANT-style families (numpy/scipy only)."""
+"""Helpers shared by the model families (numpy/scipy only)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,12 @@ def check_architecture(cfg: ModelConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= 1, got {value!r}")
+
+
+def probability_logit(p: float) -> float:
+    """The logit of probability ``p`` (clipped to ``[1e-6, 1 - 1e-6]``), to threshold raw logits."""
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
 
 
 def predict_setting(predict_cfg: Any, name: str, default: float) -> float:

@@ -50,6 +50,7 @@ from cellsparse_app.models.common import (
     check_architecture,
     normalised_edt,
     predict_setting,
+    probability_logit,
     remove_small_objects,
 )
 from cellsparse_app.models.star_geometry import (
@@ -189,8 +190,7 @@ class StarDistFamily(ModelFamily):
         truths = [np.asarray(lab) for lab in labels]
         best, best_key = cfg.prob_threshold, None
         for threshold in sorted(PROB_THRESHOLDS, reverse=True):
-            p = min(max(threshold, 1e-6), 1 - 1e-6)
-            logit = np.log(p / (1 - p))
+            logit = probability_logit(threshold)
             candidates = sum(
                 int(np.count_nonzero(out[0, :: cfg.grid, :: cfg.grid] > logit)) for out in outputs
             )
@@ -266,8 +266,7 @@ class StarDistFamily(ModelFamily):
         min_size = int(predict_setting(predict_cfg, "min_size", 0))
         shape = output.shape[1:]
         grid_logit = output[0, :: cfg.grid, :: cfg.grid]
-        p = min(max(threshold, 1e-6), 1 - 1e-6)
-        rows, cols = np.nonzero(grid_logit > np.log(p / (1 - p)))
+        rows, cols = np.nonzero(grid_logit > probability_logit(threshold))
         scores = 1.0 / (1.0 + np.exp(-grid_logit[rows, cols].astype(np.float64)))
         rows, cols = rows * cfg.grid, cols * cfg.grid
         dists = np.maximum(output[1:, rows, cols].T * cfg.dist_scale, 1e-3)
