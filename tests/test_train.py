@@ -164,16 +164,37 @@ def test_same_seed_same_model_other_seed_other_model():
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_learning_rate_defaults_to_the_model_familys_own():
+    from cellsparse_app.models.stardist import StarDistConfig
+
+    image, labels = _disk_image()
+    cfg = QUICK.replace(steps=1, warmup_steps=1, final_lr_fraction=1.0)
+    small_stardist = StarDistConfig(base_channels=4, depth=2, n_rays=8, head_channels=8)
+    for family, model_config, lr, expected in [
+        ("cellpose", TINY, None, 2e-3),
+        ("stardist", small_stardist, None, 4e-3),
+        ("stardist", small_stardist, 1e-3, 1e-3),  # an explicit value wins
+    ]:
+        model = train([image], [labels], cfg.replace(family=family, learning_rate=lr),
+                      model_config=model_config)
+        assert model.meta["train"]["learning_rate"] == expected
+        assert model.history[0]["lr"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=0.0)
+
+
 def test_continued_training_keeps_the_warm_up_state():
     image, labels = _disk_image()
     cfg = QUICK.replace(steps=5, warmup_steps=8, final_lr_fraction=1.0)
     first = train([image], [labels], cfg, model_config=TINY)
     lrs = [h["lr"] for h in first.history]
-    assert lrs == pytest.approx([cfg.learning_rate * k / 8 for k in range(1, 6)])
+    peak = first.meta["train"]["learning_rate"]
+    assert peak == 2e-3  # the Cellpose-style family's default
+    assert lrs == pytest.approx([peak * k / 8 for k in range(1, 6)])
     second = train([image], [labels], cfg, initial=first)
     lrs2 = [h["lr"] for h in second.history[5:]]
     # Warm-up continues from step 6 of 8 instead of starting again at 1/8.
-    assert lrs2 == pytest.approx([cfg.learning_rate * min(k, 8) / 8 for k in range(6, 11)])
+    assert lrs2 == pytest.approx([peak * min(k, 8) / 8 for k in range(6, 11)])
     assert second.steps_done == 10 and second.meta["rounds"] == 2
     assert len(second.history) == 10
     assert first.steps_done == 5  # the initial model is not modified

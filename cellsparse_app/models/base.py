@@ -54,6 +54,8 @@ class ModelFamily(abc.ABC):
     name: ClassVar[str]
     title: ClassVar[str]  # human-readable name for menus
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
+    #: Peak learning rate when ``TrainConfig.learning_rate`` is ``None``.
+    learning_rate: ClassVar[float] = 2e-3
     #: Config fields that :meth:`calibrate` sets after training.
     calibrated_fields: ClassVar[tuple[str, ...]] = ()
 

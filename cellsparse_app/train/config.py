@@ -28,7 +28,9 @@ class TrainConfig(JsonConfig):
             ends training.
         batch_size: patches per step.
         patch_size: side of the square training patches (rounded up to the U-Net's multiple).
-        learning_rate: peak AdamW learning rate.
+        learning_rate: peak AdamW learning rate; ``None``: the model family's
+            (:attr:`~cellsparse_app.models.base.ModelFamily.learning_rate`). The trained model's
+            ``meta["train"]`` records the value used.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, counted over the model's whole life, so
             continued training does not warm up again.
@@ -51,7 +53,7 @@ class TrainConfig(JsonConfig):
     max_seconds: float | None = None
     batch_size: int = 8
     patch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     final_lr_fraction: float = 0.05
@@ -77,7 +79,7 @@ class TrainConfig(JsonConfig):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.patch_size, int) or self.patch_size < 16:
             raise ValueError(f"patch_size must be an integer >= 16, got {self.patch_size!r}")
-        if not self.learning_rate > 0 or self.weight_decay < 0:
+        if (self.learning_rate is not None and not self.learning_rate > 0) or self.weight_decay < 0:
             raise ValueError(
                 f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
                 f"{self.weight_decay}"

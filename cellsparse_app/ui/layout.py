@@ -157,7 +157,8 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                                   precision=0, minimum=1, elem_id="cs-batch")
                                 patch = gr.Number(defaults.patch_size, label="Patch size (px)",
                                                   precision=0, minimum=16, elem_id="cs-patch")
-                                lr = gr.Number(defaults.learning_rate, label="Learning rate",
+                                lr = gr.Number(defaults.learning_rate,
+                                               label="Learning rate (empty: the model's default)",
                                                minimum=0)
                                 warmup = gr.Number(defaults.warmup_steps, label="Warm-up steps",
                                                    precision=0, minimum=0, elem_id="cs-warmup")

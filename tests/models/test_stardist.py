@@ -217,8 +217,28 @@ def test_calibration_picks_the_probability_threshold_the_model_needs(dsb_fluo):
     assert cfg.prob_threshold in (0.2, 0.3, 0.4)  # one that finds the objects
     assert average_precision(labels, FAMILY.postprocess(out, cfg, None), 0.5) >= 0.9
     # A confident model keeps StarDist's 0.5; no annotation changes nothing.
-    assert FAMILY.calibrate([ideal_output(mask)], [labels], CFG).prob_threshold == 0.5
+    confident = FAMILY.calibrate([ideal_output(mask)], [labels], CFG)
+    assert (confident.prob_threshold, confident.nms_threshold) == (0.5, 0.4)
     assert FAMILY.calibrate([], [], CFG) == CFG
+
+
+def test_calibration_lowers_the_nms_threshold_when_off_centre_candidates_survive():
+    # One disk (radius 10) and, besides its exact centre candidate, a smaller polygon centred
+    # on its edge (the rough off-centre candidate of a briefly trained network): it overlaps
+    # the kept polygon by ~1/4 of its area, so StarDist's 0.4 keeps it as a second object.
+    yy, xx = np.mgrid[:80, :80]
+    labels = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 100).astype(np.int32)
+    out = np.zeros((1 + CFG.n_rays, 80, 80), np.float32)
+    out[0] = -10.0
+    for (row, col), radius, prob in (((40, 40), 10.0, 0.95), ((40, 52), 6.0, 0.9)):
+        out[0, row, col] = np.log(prob / (1 - prob))
+        out[1:, row, col] = radius / CFG.dist_scale
+    before = FAMILY.postprocess(out, CFG, None)
+    assert before.max() == 2 and average_precision(labels, before, 0.5) == 0.5
+    cfg = FAMILY.calibrate([out], [labels], CFG)
+    assert cfg.nms_threshold < 0.4 and cfg.prob_threshold == 0.5
+    after = FAMILY.postprocess(out, cfg, None)
+    assert after.max() == 1 and average_precision(labels, after, 0.5) == 1.0
 
 
 @pytest.mark.parametrize("dataset", ["dsb_fluo", "usiigaci_phase"])
