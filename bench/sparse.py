@@ -208,12 +208,11 @@ def _load() -> list[float] | None:
 
 def _reference(family, images, last, settings) -> dict[str, float]:
     from bench.throughput import plain_fp32_throughput
-    from cellsparse_app.models import get_family
 
     model_config, image_config, labels, cfg = last
     return plain_fp32_throughput(
         family, model_config, images, labels, batch_size=cfg.batch_size,
-        patch_size=cfg.patch_size, learning_rate=cfg.learning_rate or get_family(family).learning_rate,
+        patch_size=cfg.patch_size, learning_rate=cfg.peak_learning_rate(),
         seconds=settings.reference_seconds, image_config=image_config, seed=0,
     )
 

@@ -104,6 +104,14 @@ class TrainConfig(JsonConfig):
             return None, DEFAULT_SECONDS.get(device_type, DEFAULT_SECONDS["cpu"])
         return self.steps, self.max_seconds
 
+    def peak_learning_rate(self) -> float:
+        """``learning_rate``, or the family's own default where it is ``None``."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from cellsparse_app.models import get_family
+
+        return get_family(self.family).learning_rate
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainProgress:

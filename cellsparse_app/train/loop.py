@@ -145,8 +145,7 @@ def train(
 
 def _run(family, prepared, labels, cfg, model_config, image_config, initial, should_stop, device):
     start = time.perf_counter()
-    if cfg.learning_rate is None:
-        cfg = cfg.replace(learning_rate=family.learning_rate)
+    cfg = cfg.replace(learning_rate=cfg.peak_learning_rate())  # recorded in meta["train"]
     precision = devices.resolve_precision(cfg.precision, device)
     max_steps, max_seconds = cfg.budget(device.type)
     torch.manual_seed(cfg.seed)
