@@ -107,7 +107,7 @@ def predict_raw(
         network = network.to(device)
         model.network = network
     network = devices.prepare_module(network, device).eval()
-    multiple = 2 ** int(getattr(model.config, "depth", 0))
+    multiple = model.family_impl.size_multiple(model.config)
     return predict_array(network, x, cfg, device, multiple, progress)
 
 

@@ -89,6 +89,10 @@ class ModelFamily(abc.ABC):
         """
         return cfg
 
+    def size_multiple(self, cfg: ModelConfig) -> int:
+        """Input sides must be multiples of this (tiles and training patches are padded to it)."""
+        return 2 ** int(getattr(cfg, "depth", 0))
+
     def target_kinds(self, cfg: ModelConfig) -> tuple[str, ...] | None:
         """How each target channel follows geometric augmentation, or ``None`` (the default).
 

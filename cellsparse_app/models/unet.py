@@ -154,6 +154,37 @@ class UNet(nn.Module):
         return self.head(h)
 
 
+class GridNetwork(nn.Module):
+    """Runs ``inner`` at ``1/grid`` resolution, as StarDist's network with ``grid > 1``.
+
+    A full-resolution 3x3 conv stem (BatchNorm, ReLU) is max-pooled by ``grid``, ``inner`` maps
+    those ``stem_channels`` features to its outputs at the coarse resolution, and nearest
+    up-sampling brings them back to ``(H, W)``, so tiling and post-processing see a
+    full-resolution output whose values at ``[::grid, ::grid]`` are exactly the coarse ones.
+    ``H`` and ``W`` must be multiples of ``grid`` times ``inner``'s own multiple.
+    """
+
+    def __init__(self, in_channels: int, stem_channels: int, inner: nn.Module, grid: int) -> None:
+        super().__init__()
+        if not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
+        self.grid = grid
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels, momentum=0.05),
+            nn.ReLU(inplace=True),
+        )
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.grid or x.shape[-2] % self.grid:
+            raise ValueError(
+                f"grid {self.grid} needs H and W divisible by it, got {tuple(x.shape[-2:])}"
+            )
+        h = self.inner(F.max_pool2d(self.stem(x), self.grid))
+        return F.interpolate(h, scale_factor=float(self.grid), mode="nearest")
+
+
 def build_unet(
     in_channels: int,
     out_channels: int,

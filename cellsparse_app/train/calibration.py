@@ -75,7 +75,7 @@ def calibrate_config(
     crops = annotated_crops(images, labels)
     if not crops:
         return model_config
-    multiple = 2 ** int(getattr(model_config, "depth", 0))
+    multiple = family.size_multiple(model_config)
     cfg = PredictConfig(device=device.type)
     outputs = [predict_array(network, image, cfg, device, multiple) for image, _ in crops]
     return family.calibrate(outputs, [lab for _, lab in crops], model_config)

@@ -162,7 +162,7 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
         for img, lab in zip(prepared, labels)
         if (lab >= 0).any()
     ]
-    multiple = 2 ** int(getattr(model_config, "depth", 0))
+    multiple = family.size_multiple(model_config)
     patch = int(math.ceil(cfg.patch_size / multiple) * multiple)
     rng = np.random.default_rng(cfg.seed)
     sampler = PatchSampler([s.labels for s in sources], rng, cfg.foreground_fraction)

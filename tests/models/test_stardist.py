@@ -46,12 +46,17 @@ def test_registered_with_config_round_trip(tmp_path):
 
 def test_configs_saved_before_the_hidden_head_load_as_they_were_trained():
     old = StarDistConfig(head_channels=0, balance_classes=False).to_dict()
-    del old["head_channels"], old["balance_classes"]  # written by the first release
+    for key in ("head_channels", "balance_classes", "grid_network", "ray_scale"):
+        del old[key]  # written by the first release
     loaded = StarDistConfig.from_dict(old)
-    assert (loaded.head_channels, loaded.balance_classes) == (0, False)
+    assert (loaded.head_channels, loaded.balance_classes, loaded.grid_network) == (0, False, False)
+    assert loaded.ray_scale == 1.0
+    assert FAMILY.size_multiple(loaded) == 8  # full-resolution U-Net of depth 3
     assert "LEGACY_DEFAULTS" not in StarDistConfig().to_dict()
     new = StarDistConfig.from_dict(StarDistConfig().to_dict())
-    assert (new.head_channels, new.balance_classes) == (64, True)
+    assert (new.head_channels, new.balance_classes, new.grid_network) == (64, True, True)
+    with pytest.raises(ValueError, match="ray_scale"):
+        StarDistConfig(ray_scale=0.0)
 
 
 def test_prediction_uses_the_models_own_nms_threshold_unless_overridden():
@@ -66,10 +71,17 @@ def test_prediction_uses_the_models_own_nms_threshold_unless_overridden():
 
 
 @pytest.mark.parametrize("head", [0, 8])
-def test_network_with_and_without_hidden_head(head):
-    cfg = StarDistConfig(head_channels=head, n_rays=8)
-    net = FAMILY.build(cfg)
-    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 9, 32, 32)
+@pytest.mark.parametrize("on_grid", [True, False])
+def test_network_with_and_without_hidden_head(head, on_grid):
+    cfg = StarDistConfig(head_channels=head, n_rays=8, grid_network=on_grid)
+    net = FAMILY.build(cfg).eval()
+    assert FAMILY.size_multiple(cfg) == (16 if on_grid else 8)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        out = net(x)
+    assert out.shape == (2, 9, 32, 32)
+    # On the grid each output covers a 2x2 block, as the candidates of StarDist's grid 2.
+    assert torch.equal(out[..., ::2, ::2], out[..., 1::2, 1::2]) == on_grid
 
 
 def test_instance_edt_separates_touching_cells_and_continues_at_the_edge():
@@ -165,6 +177,9 @@ def test_loss_ignores_unlabelled_pixels_exactly(dsb_fluo):
     unlabelled = torch.from_numpy(labels == -1)
     assert torch.all(output.grad[0][:, unlabelled] == 0)
     assert torch.any(output.grad[0][:, ~unlabelled] != 0)
+    off_grid = torch.ones(128, 128, dtype=torch.bool)
+    off_grid[::2, ::2] = False
+    assert torch.all(output.grad[0][:, off_grid] == 0)  # the network's outputs live on the grid
     changed = output.detach().clone()
     noise = torch.randn((1 + CFG.n_rays, int(unlabelled.sum())), generator=gen)
     changed[0][:, unlabelled] = noise * 1e3
@@ -184,8 +199,10 @@ def test_probability_loss_weighs_objects_and_background_equally(dsb_fluo):
     target = torch.from_numpy(FAMILY.targets(labels, CFG))[None]
     output = torch.randn((1, 1 + CFG.n_rays, 128, 128), generator=torch.Generator().manual_seed(1))
     cfg = StarDistConfig(dist_loss_weight=0.0)
+    # The loss is taken on the grid (every second pixel), where the network's outputs live.
     bce = F.binary_cross_entropy_with_logits(output[0, 0], target[0, 0].clamp(min=0), reduction="none")
-    obj, bg = torch.from_numpy(labels > 0), torch.from_numpy(labels == 0)
+    bce = bce[::2, ::2]
+    obj, bg = torch.from_numpy(labels[::2, ::2] > 0), torch.from_numpy(labels[::2, ::2] == 0)
     assert obj.sum() < 0.1 * bg.sum()
     expected = 0.5 * (bce[obj].mean() + bce[bg].mean())
     assert FAMILY.loss(output, target, cfg).item() == pytest.approx(expected.item(), rel=1e-5)
@@ -195,7 +212,8 @@ def test_probability_loss_weighs_objects_and_background_equally(dsb_fluo):
     # Only background in the batch: its own average.
     empty = torch.from_numpy(FAMILY.targets(np.zeros((128, 128), np.int32), cfg))[None]
     assert FAMILY.loss(output, empty, cfg).item() == pytest.approx(
-        F.binary_cross_entropy_with_logits(output[0, 0], torch.zeros(128, 128)).item(), rel=1e-5)
+        F.binary_cross_entropy_with_logits(output[0, 0, ::2, ::2], torch.zeros(64, 64)).item(),
+        rel=1e-5)
 
 
 def test_loss_is_lower_for_the_ideal_output(dsb_fluo):
@@ -220,6 +238,24 @@ def test_calibration_picks_the_probability_threshold_the_model_needs(dsb_fluo):
     confident = FAMILY.calibrate([ideal_output(mask)], [labels], CFG)
     assert (confident.prob_threshold, confident.nms_threshold) == (0.5, 0.4)
     assert FAMILY.calibrate([], [], CFG) == CFG
+    assert confident.ray_scale == 1.0
+
+
+def test_calibration_lengthens_rays_that_fall_short(dsb_fluo):
+    """Briefly trained rays are too short; the calibrated ``ray_scale`` restores the shapes."""
+    mask = dsb_fluo[0].mask[:160, :160]
+    labels = select_sparse(mask, np.unique(mask)[1:8], background=True)
+    out = ideal_output(mask)
+    out[1:] *= 0.8
+    assert average_precision(labels, FAMILY.postprocess(out, CFG, None), 0.75) < 0.5
+    cfg = FAMILY.calibrate([out], [labels], CFG)
+    assert cfg.ray_scale == 1.25  # 1 / 0.8
+    assert average_precision(labels, FAMILY.postprocess(out, cfg, None), 0.75) >= 0.9
+    # Within bounds however short the rays; too few annotated rays keep the factor.
+    out[1:] *= 0.5
+    assert FAMILY.calibrate([out], [labels], CFG).ray_scale == 1.25
+    one = select_sparse(mask, np.unique(mask)[1:2], background=True)[:24, :24]
+    assert FAMILY.calibrate([out[:, :24, :24]], [one], CFG.replace(ray_scale=1.1)).ray_scale == 1.1
 
 
 def test_calibration_lowers_the_nms_threshold_when_off_centre_candidates_survive():

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellsparse_app.models.unet import UNet, build_unet, count_parameters, size_multiple
+from cellsparse_app.models.unet import (
+    GridNetwork,
+    UNet,
+    build_unet,
+    count_parameters,
+    size_multiple,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +84,21 @@ def test_bad_arguments_raise(kwargs):
     args = {"in_channels": 1, "out_channels": 3, "base_channels": 4, "depth": 2} | kwargs
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         UNet(**args)
+
+
+def test_grid_network_runs_the_inner_network_on_the_grid():
+    torch.manual_seed(0)
+    inner = build_unet(4, 3, 4, 2)
+    net = GridNetwork(1, 4, inner, grid=2).eval()
+    x = torch.randn(1, 1, 32, 48)
+    with torch.inference_mode():
+        y = net(x)
+        coarse = inner(torch.nn.functional.max_pool2d(net.stem(x), 2))
+    assert y.shape == (1, 3, 32, 48)
+    # Full-resolution output whose grid positions hold the coarse values, each repeated 2x2.
+    torch.testing.assert_close(y[..., ::2, ::2], coarse)
+    torch.testing.assert_close(y[..., 1::2, 1::2], coarse)
+    with pytest.raises(ValueError, match="grid 2 needs H and W divisible"):
+        net(torch.randn(1, 1, 33, 48))
+    with pytest.raises(ValueError, match="grid must be"):
+        GridNetwork(1, 4, inner, grid=0)
