@@ -136,8 +136,8 @@ class StarDistConfig(ModelConfig):
     ray_scale: float = 1.0
 
     #: Values of fields added after the first release, for configs saved before them: those
-    #: models had no hidden head layer and an unbalanced BCE (they keep loading and training
-    #: exactly as they were trained).
+    #: models had no hidden head layer, an unbalanced BCE and a full-resolution U-Net (they keep
+    #: loading and training exactly as they were trained).
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
         "head_channels": 0, "balance_classes": False, "grid_network": False,
     }
@@ -207,23 +207,25 @@ class StarDistFamily(ModelFamily):
     def calibrate(self, outputs, labels, cfg: StarDistConfig) -> StarDistConfig:
         """Fit the prediction settings to the annotated training objects (sparse evaluation).
 
-        1. ``prob_threshold`` and ``nms_threshold``: the pair of :data:`PROB_THRESHOLDS` x
-           :data:`NMS_THRESHOLDS` with the best AP@0.5, as StarDist's ``optimize_thresholds``
-           does on validation data. After minutes of training the object probability may peak
-           only just above 0.5 inside many nuclei (one held-out DSB run: AP@0.5 0.51 at 0.4,
-           0.07 at 0.5), and its plateaus leave off-centre candidates whose rough polygons
-           overlap the best one by less than StarDist's 0.4.
-        2. ``ray_scale``: the factor that makes the predicted rays as long as the annotated ones
-           (:meth:`_ray_scale`), then the NMS threshold again for those polygons. Briefly trained
-           rays are too short (a 150-step DSB model: median 0.87 of the true length, on training
-           and held-out nuclei alike), which costs a whole band of IoU: held-out AP@0.5 0.73 ->
-           0.79 with the fitted 1.16.
+        1. ``ray_scale``: the factor that makes the predicted rays as long as the annotated ones
+           (:meth:`_ray_scale`). Briefly trained rays are too short (a 150-step DSB model: median
+           0.87 of the true length, on training and held-out nuclei alike), which costs a whole
+           band of IoU. Held-out DSB, 150 steps, seeds 0 and 1: AP@0.75 0.14 -> 0.20 dense and
+           0.09 -> 0.12 with 5% + background; AP@0.5 0.77 -> 0.79 and 0.73 -> 0.74.
+        2. ``prob_threshold`` and ``nms_threshold`` for those polygons: the pair of
+           :data:`PROB_THRESHOLDS` x :data:`NMS_THRESHOLDS` with the best AP@0.5, as StarDist's
+           ``optimize_thresholds`` does on validation data. After minutes of training the object
+           probability may peak only just above 0.5 inside many nuclei (one held-out DSB run:
+           AP@0.5 0.51 at 0.4, 0.07 at 0.5), and its plateaus leave off-centre candidates whose
+           rough polygons overlap the best one by less than StarDist's 0.4.
 
         Ties keep the values nearest the defaults (0.5, 0.4).
         """
         if not outputs:
             return cfg
         truths = [np.asarray(lab) for lab in labels]
+        # The ray factor first, so the thresholds are searched for the polygons it gives.
+        cfg = dataclasses.replace(cfg, ray_scale=self._ray_scale(outputs, truths, cfg))
         best, best_key = cfg, None
         for threshold in sorted(PROB_THRESHOLDS, reverse=True):
             logit = probability_logit(threshold)
@@ -242,21 +244,18 @@ class StarDistFamily(ModelFamily):
                     best, best_key = trial, key
         if best_key is None:
             return cfg
-        best = dataclasses.replace(best, ray_scale=self._ray_scale(outputs, truths, best))
-        nms_trials = [dataclasses.replace(best, nms_threshold=n) for n in NMS_THRESHOLDS]
-        best = max(nms_trials, key=lambda c: (
-            self._ap(outputs, truths, c), -abs(c.nms_threshold - 0.4)))
         logger.info(
-            "probability threshold %.2f, NMS threshold %.2f, ray scale %.2f (AP@0.5 %.3f on the "
-            "annotated objects)", best.prob_threshold, best.nms_threshold, best.ray_scale,
-            self._ap(outputs, truths, best),
+            "ray scale %.2f, probability threshold %.2f, NMS threshold %.2f (AP@0.5 %.3f on the "
+            "annotated objects)", best.ray_scale, best.prob_threshold, best.nms_threshold,
+            best_key[0],
         )
         return best
 
     def _ray_scale(self, outputs, truths, cfg: StarDistConfig) -> float:
         """The factor that makes the median predicted ray as long as the true one, within
-        :data:`RAY_SCALE_RANGE`: measured at the candidates (above ``cfg.prob_threshold``) in the
-        central half of the annotated objects, where the polygons that survive the NMS sit.
+        :data:`RAY_SCALE_RANGE`: measured at the candidates (above the model's current
+        ``prob_threshold``) in the central half of the annotated objects, where the polygons that
+        survive the NMS sit.
         Thousands of rays make it steady with a few objects, where the AP of a few polygons is
         not."""
         ratios, g, logit = [], cfg.grid, probability_logit(cfg.prob_threshold)
@@ -286,12 +285,14 @@ class StarDistFamily(ModelFamily):
         """``(1 + n_rays, H, W)``: object probability (-1 unlabelled) then ray lengths.
 
         Ray lengths are ``-1`` (ignored) where the ray leaves the patch inside its object; 0
-        outside instances.
+        outside instances and, for a network on the grid, off the grid (the loss skips them).
         """
         labels = np.asarray(labels)
         prob = normalised_edt(labels)
         prob[labels < 0] = -1.0
-        dist = star_distances(labels, cfg.n_rays, unknown_outside=True)
+        # A network on the grid is trained there only: rays elsewhere would be unused work.
+        grid = cfg.grid if cfg.grid_network else 1
+        dist = star_distances(labels, cfg.n_rays, grid=grid, unknown_outside=True)
         return np.concatenate([prob[None], dist], axis=0)
 
     def loss(self, output: "torch.Tensor", target: "torch.Tensor", cfg: StarDistConfig):

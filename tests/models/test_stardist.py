@@ -155,14 +155,20 @@ def test_targets_sparse_convention(dsb_fluo):
     prob = target[0]
     assert np.all(prob[labels == -1] == -1) and np.all(prob[labels == 0] == 0)
     assert prob[labels > 0].min() > 0 and prob[labels > 0].max() == 1
-    # Rays are learnt at every object pixel (not only on the prediction grid); only rays that
-    # leave the patch inside their object are unknown.
-    rays = target[1:, labels > 0]
-    assert np.all(rays != 0) and np.all((rays > 0) | (rays == UNKNOWN_DISTANCE))
-    assert np.all(target[1:, labels <= 0] == 0)
+    # A network on the grid learns rays at every grid pixel of an object; a full-resolution one
+    # at every object pixel. Only rays that leave the patch inside their object are unknown.
+    full = FAMILY.targets(labels, CFG.replace(grid_network=False))
+    assert np.array_equal(full[0], prob)
+    on_grid = np.zeros(mask.shape, bool)
+    on_grid[::2, ::2] = True
+    for cfg_target, where in ((target, on_grid), (full, np.ones(mask.shape, bool))):
+        rays = cfg_target[1:, (labels > 0) & where]
+        assert np.all(rays != 0) and np.all((rays > 0) | (rays == UNKNOWN_DISTANCE))
+        assert np.all(cfg_target[1:, ~((labels > 0) & where)] == 0)
+    assert np.array_equal(target[1:, on_grid], full[1:, on_grid])
     inner = labels.copy()
     inner[[0, -1], :], inner[:, [0, -1]] = -1, -1  # no object touches the patch edge now
-    assert np.all(FAMILY.targets(inner, CFG)[1:, inner > 0] > 0)
+    assert np.all(FAMILY.targets(inner, CFG)[1:, (inner > 0) & on_grid] > 0)
 
 
 def test_loss_ignores_unlabelled_pixels_exactly(dsb_fluo):
