@@ -28,7 +28,7 @@ predicted probability below 0.5 in nearly every nucleus, AP@0.5 0.01-0.03).
 * As StarDist, the U-Net runs **on the grid** (``grid_network``): a full-resolution stem, then
   everything at half resolution, with outputs and losses on the grid. A step takes a third of
   the time of the full-resolution network (whose rays were learnt at every pixel), for the same
-  AP after the same number of steps, so a time budget trains about twice as many steps.
+  AP after the same number of steps, so a time budget trains 2-3 times as many steps.
 * The probability and NMS thresholds and a **ray-length factor** are **calibrated** after
   training on the annotated objects (:meth:`StarDistFamily.calibrate`), as StarDist's
   ``optimize_thresholds`` does on validation data for the thresholds: briefly trained rays fall
@@ -255,9 +255,8 @@ class StarDistFamily(ModelFamily):
         """The factor that makes the median predicted ray as long as the true one, within
         :data:`RAY_SCALE_RANGE`: measured at the candidates (above the model's current
         ``prob_threshold``) in the central half of the annotated objects, where the polygons that
-        survive the NMS sit.
-        Thousands of rays make it steady with a few objects, where the AP of a few polygons is
-        not."""
+        survive the NMS sit. Thousands of rays make it steady with a few objects, where the AP of
+        a few polygons is not."""
         ratios, g, logit = [], cfg.grid, probability_logit(cfg.prob_threshold)
         for out, lab in zip(outputs, truths):
             target = self.targets(lab, cfg)[:, ::g, ::g]
@@ -272,14 +271,13 @@ class StarDistFamily(ModelFamily):
         low, high = RAY_SCALE_RANGE
         return round(float(np.clip(1.0 / max(np.median(ratios), 1e-6), low, high)), 2)
 
-    def _ap(self, outputs, truths, cfg: StarDistConfig, thresholds=(0.5,)) -> float:
-        """Mean AP over ``thresholds`` of ``cfg``'s own settings on the calibration crops."""
+    def _ap(self, outputs, truths, cfg: StarDistConfig) -> float:
+        """AP@0.5 of ``cfg``'s own settings on the calibration crops."""
         from cellsparse_app.metrics import evaluate_many
         from cellsparse_app.predict import PredictConfig
 
         preds = [self.postprocess(out, cfg, PredictConfig(min_size=0)) for out in outputs]
-        scores = evaluate_many(truths, preds, thresholds)
-        return round(float(np.mean([scores[f"ap{round(t * 100)}"] for t in thresholds])), 6)
+        return round(float(evaluate_many(truths, preds, (0.5,))["ap50"]), 6)
 
     def targets(self, labels: np.ndarray, cfg: StarDistConfig) -> np.ndarray:
         """``(1 + n_rays, H, W)``: object probability (-1 unlabelled) then ray lengths.
