@@ -334,3 +334,22 @@ def test_short_sparse_training_segments_other_images(cli_run):
     scores = cli_run["scores"]
     assert scores["ap50"] >= 0.5, scores
     assert 0.5 * scores["n_true"] <= scores["n_pred"] <= 1.5 * scores["n_true"], scores
+
+
+def test_grid_network_predicts_any_image_size_with_tiles(dsb_fluo):
+    """Tiles and padding follow the network's multiple (16: depth 3 on a grid of 2)."""
+    from cellsparse_app.labels import from_dense
+    from cellsparse_app.predict import PredictConfig, predict_instances, predict_raw
+    from cellsparse_app.train import TrainConfig, train
+
+    sample = dsb_fluo[0]
+    image, mask = sample.image[:70, :90], sample.mask[:70, :90]
+    cfg = TrainConfig(family="stardist", steps=2, batch_size=2, patch_size=24, device="cpu")
+    model = train([image], [from_dense(mask)], cfg)
+    assert model.config.grid_network and model.family_impl.size_multiple(model.config) == 16
+    tiled = PredictConfig(tile_size=40, tile_overlap=0.25)  # rounded down to 32-pixel tiles
+    for rows, cols in [(37, 53), (70, 90)]:
+        crop = image[:rows, :cols]
+        raw = predict_raw(model, crop, tiled)
+        assert raw.shape == (1 + CFG.n_rays, rows, cols) and np.isfinite(raw).all()
+        assert predict_instances(model, crop, tiled).shape == (rows, cols)
