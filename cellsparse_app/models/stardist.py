@@ -142,6 +142,11 @@ class StarDistConfig(ModelConfig):
         "head_channels": 0, "balance_classes": False, "grid_network": False,
     }
 
+    @property
+    def network_stride(self) -> int:
+        """Pixels per network output along each side: ``grid`` on the grid, else 1."""
+        return self.grid if self.grid_network else 1
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StarDistConfig":
         if isinstance(data, dict):
@@ -184,7 +189,7 @@ class StarDistFamily(ModelFamily):
 
         from cellsparse_app.models.unet import Conv1x1, GridNetwork, build_unet
 
-        on_grid = cfg.grid_network and cfg.grid > 1
+        on_grid = cfg.network_stride > 1
         unet_in = cfg.base_channels if on_grid else cfg.in_channels
         if not cfg.head_channels:
             net = build_unet(
@@ -201,8 +206,7 @@ class StarDistFamily(ModelFamily):
         return GridNetwork(cfg.in_channels, cfg.base_channels, net, cfg.grid) if on_grid else net
 
     def size_multiple(self, cfg: StarDistConfig) -> int:
-        on_grid = cfg.grid_network and cfg.grid > 1
-        return super().size_multiple(cfg) * (cfg.grid if on_grid else 1)
+        return super().size_multiple(cfg) * cfg.network_stride
 
     def calibrate(self, outputs, labels, cfg: StarDistConfig) -> StarDistConfig:
         """Fit the prediction settings to the annotated training objects (sparse evaluation).
@@ -289,8 +293,7 @@ class StarDistFamily(ModelFamily):
         prob = normalised_edt(labels)
         prob[labels < 0] = -1.0
         # A network on the grid is trained there only: rays elsewhere would be unused work.
-        grid = cfg.grid if cfg.grid_network else 1
-        dist = star_distances(labels, cfg.n_rays, grid=grid, unknown_outside=True)
+        dist = star_distances(labels, cfg.n_rays, grid=cfg.network_stride, unknown_outside=True)
         return np.concatenate([prob[None], dist], axis=0)
 
     def loss(self, output: "torch.Tensor", target: "torch.Tensor", cfg: StarDistConfig):
@@ -303,9 +306,9 @@ class StarDistFamily(ModelFamily):
         from torch.nn import functional as F
 
         output, target = output.float(), target.float()
-        if cfg.grid_network and cfg.grid > 1:
+        g = cfg.network_stride
+        if g > 1:
             # The network's outputs live on the grid (nearest up-sampled): train those only.
-            g = cfg.grid
             output, target = output[:, :, ::g, ::g], target[:, :, ::g, ::g]
         prob_t = target[:, 0]
         labelled = prob_t >= 0
