@@ -323,6 +323,14 @@ def family_choices() -> list[tuple[str, str]]:
     return [(getattr(get_family(n), "title", n), n) for n in list_families()]
 
 
+def family_advice() -> str:
+    """One ``"Title — when to pick it."`` sentence per registered family, default first."""
+    from cellsparse_app.models.base import get_family, list_families
+
+    families = [get_family(n) for n in list_families()]
+    return " ".join(f"{f.title} — {f.advice}." for f in families if getattr(f, "advice", ""))
+
+
 def default_device() -> str:
     """``"cuda"`` or ``"cpu"``: where ``device="auto"`` trains."""
     from cellsparse_app.device import resolve_device

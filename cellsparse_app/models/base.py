@@ -53,6 +53,8 @@ class ModelFamily(abc.ABC):
 
     name: ClassVar[str]
     title: ClassVar[str]  # human-readable name for menus
+    #: When to pick this family, in one sentence for menus (from the README's benchmarks).
+    advice: ClassVar[str] = ""
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
     #: Peak learning rate when ``TrainConfig.learning_rate`` is ``None``.
     learning_rate: ClassVar[float] = 2e-3

@@ -165,6 +165,7 @@ class ElephantFamily(ModelFamily):
 
     name = "elephant"
     title = "ELEPHANT-style (background / border / centre)"
+    advice = "irregular whole cells (e.g. phase contrast) from very few annotated ones"
     config_cls = ElephantConfig
 
     def build(self, cfg: ElephantConfig) -> "torch.nn.Module":

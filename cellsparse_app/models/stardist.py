@@ -178,6 +178,10 @@ class StarDistFamily(ModelFamily):
 
     name = "stardist"
     title = "StarDist-style (star-convex polygons)"
+    advice = (
+        "round or oval nuclei, given longer training (about 1200 steps) than the default "
+        "time budget"
+    )
     config_cls = StarDistConfig
     calibrated_fields = ("prob_threshold", "nms_threshold", "ray_scale")
     # Ray lengths are learnt slowly: held-out DSB nuclei, 150 steps, dense seed 0, AP@0.5 0.69

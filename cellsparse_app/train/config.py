@@ -22,7 +22,8 @@ class TrainConfig(JsonConfig):
     Attributes:
         family: model family name (see :func:`cellsparse_app.models.list_families`).
         steps: optimizer steps; ``None`` runs until the time budget.
-        max_seconds: wall-clock budget for the whole call (targets included); ``None`` with
+        max_seconds: wall-clock budget for training (targets included); the calibration after
+            it adds seconds (DSB nuclei: ~2 Cellpose-style, ~6 StarDist-style). ``None`` with
             ``steps=None`` means the device's default (:data:`DEFAULT_SECONDS`); ``None`` with
             ``steps`` set means no time limit. Whichever of ``steps``/``max_seconds`` comes first
             ends training.

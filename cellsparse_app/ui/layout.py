@@ -14,7 +14,13 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import EXPORT_FORMATS, default_device, describe_device, family_choices
+from cellsparse_app.hitl import (
+    EXPORT_FORMATS,
+    default_device,
+    describe_device,
+    family_advice,
+    family_choices,
+)
 from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui import handlers_annotate as ann
@@ -140,7 +146,8 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                         gr.Markdown(HELP["train"], elem_classes="cs-step-help")
                         with gr.Row():
                             family = gr.Dropdown(family_choices(), value="cellpose",
-                                                 label="Model family", elem_id="cs-family")
+                                                 label="Model family", info=family_advice(),
+                                                 elem_id="cs-family")
                             start = gr.Radio([("From scratch", trn.SCRATCH),
                                               ("Continue active round", trn.CONTINUE)],
                                              value=trn.SCRATCH, label="Start")

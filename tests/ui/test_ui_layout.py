@@ -86,3 +86,14 @@ def test_app_py_has_the_documented_entry_point():
     assert readme.startswith("---\n") and "app_file: app.py" in readme
     after = readme.split("---\n", 2)[2].lstrip()
     assert after.startswith("```bash\nmake run") and "make test" in after.split("```")[1]
+
+
+def test_family_menu_says_when_to_pick_each_family(demo):
+    from cellsparse_app.models import get_family, list_families
+
+    menu = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "cs-family")
+    assert [value for _, value in menu.choices] == list_families()
+    for name in list_families():
+        family = get_family(name)
+        assert len(family.advice) > 20, name  # every family states its use, for the menu
+        assert f"{family.title} — {family.advice}." in menu.info
