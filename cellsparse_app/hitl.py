@@ -328,7 +328,7 @@ def family_advice() -> str:
     from cellsparse_app.models.base import get_family, list_families
 
     families = [get_family(n) for n in list_families()]
-    return " ".join(f"{f.title} — {f.advice}." for f in families if getattr(f, "advice", ""))
+    return " ".join(f"{f.title} — {f.advice}." for f in families if f.advice)
 
 
 def default_device() -> str:
