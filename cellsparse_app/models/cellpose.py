@@ -129,10 +129,57 @@ def instance_flows(instances: np.ndarray) -> np.ndarray:
 
     dy = neighbour(1, 0) - neighbour(-1, 0)
     dx = neighbour(0, 1) - neighbour(0, -1)
-    norm = np.sqrt(dy**2 + dx**2) + 1e-60
-    flows[0, rows - 1, cols - 1] = dy / norm
-    flows[1, rows - 1, cols - 1] = dx / norm
+    centres = _centre_pixels(rows, cols, ids)
+    peak = np.zeros(int(ids.max()) + 1)
+    np.maximum.at(peak, ids, heat[rows, cols])
+    flow_y, flow_x = unit_flows(
+        dy, dx, rows - rows[centres][_cell_index(ids)], cols - cols[centres][_cell_index(ids)],
+        is_centre=np.isin(np.arange(len(rows)), centres), scale=peak[ids],
+    )
+    flows[0, rows - 1, cols - 1] = flow_y
+    flows[1, rows - 1, cols - 1] = flow_x
     return flows
+
+
+#: Heat gradients below this fraction of the cell's peak heat are rounding noise, not direction.
+FLAT_GRADIENT = 1e-7
+
+
+def unit_flows(
+    dy: np.ndarray, dx: np.ndarray, off_row: np.ndarray, off_col: np.ndarray, *,
+    is_centre: np.ndarray, scale: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit flow vectors from heat gradients, defined where the gradient vanishes.
+
+    Cellpose normalises the gradient (``mu / (1e-60 + |mu|)``): where the heat is flat -- the centre
+    of a symmetric cell, a saddle between two lobes -- the result is 0 in exact arithmetic, and on
+    real CPUs a unit vector in whatever direction the rounding noise points (it differs between
+    machines with and without AVX-512). Here the result never depends on rounding:
+
+    * the centre pixel (the heat source, where every flow path ends) gets flow 0, the sink;
+    * any other pixel whose gradient is below :data:`FLAT_GRADIENT` x the cell's peak heat points
+      straight at the centre;
+    * every other pixel gets the normalised gradient, as in Cellpose.
+
+    Args:
+        dy, dx: central differences of the heat, per pixel.
+        off_row, off_col: pixel position minus its cell's centre pixel.
+        is_centre: the pixel is its cell's centre.
+        scale: the cell's peak heat, per pixel.
+    """
+    norm = np.hypot(dy, dx)
+    flat = norm <= FLAT_GRADIENT * scale
+    dist = np.hypot(off_row, off_col)
+    flow_y = np.where(flat, -off_row / np.maximum(dist, 1), dy / np.maximum(norm, 1e-300))
+    flow_x = np.where(flat, -off_col / np.maximum(dist, 1), dx / np.maximum(norm, 1e-300))
+    flow_y = np.where(is_centre, 0.0, flow_y)
+    flow_x = np.where(is_centre, 0.0, flow_x)
+    return flow_y, flow_x
+
+
+def _cell_index(ids: np.ndarray) -> np.ndarray:
+    """Per pixel, the index of its cell among ``np.unique(ids)``."""
+    return np.unique(ids, return_inverse=True)[1].ravel()
 
 
 #: Largest number of pixels solved in one sparse system by :func:`instance_flows`.
@@ -262,7 +309,7 @@ def reconstruct_instances(
         masks = dynamics.get_masks_torch(
             final.int(), inds, shape, max_size_fraction=MAX_SIZE_FRACTION
         )
-    masks = np.asarray(masks).astype(np.int64)
+    masks = recover_unseeded_objects(np.asarray(masks).astype(np.int64), final.numpy(), inds)
     if flow_threshold and masks.max() > 0:
         masks = remove_bad_flow_masks(masks, output[:2] / FLOW_SCALE, flow_threshold)
     if masks.max() > 0:
@@ -272,14 +319,83 @@ def reconstruct_instances(
     return np.asarray(masks).astype(np.uint32)
 
 
+#: Cellpose's seed rule: a histogram peak of converged pixels needs more than this many pixels.
+SEED_PIXELS = 10
+#: Smallest group of converged pixels that :func:`recover_unseeded_objects` turns into a mask.
+MIN_CLUSTER_PIXELS = 3
+#: Side of the window Cellpose looks for a peak in (its max-pool kernel); a recovered group's
+#: end points must fit in it.
+PEAK_WINDOW = 5
+#: Side of the window in which Cellpose grows a mask around its seed.
+SEED_WINDOW = 11
+
+
+def recover_unseeded_objects(
+    masks: np.ndarray, final: np.ndarray, inds: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Add the objects that Cellpose's seeding misses because their pixels converge to 2+ pixels.
+
+    Cellpose (``get_masks_torch``) starts a mask only where more than :data:`SEED_PIXELS`
+    followed pixels end in *one* histogram bin. A small object's pixels (a 13-pixel nucleus, say)
+    may end split over two neighbouring bins -- which of them depends on float rounding of the
+    flows, so the object survived on one CPU and vanished on another. Here the followed pixels that
+    got no mask are grouped by where they ended (end points within one pixel of each other join);
+    a group becomes a new mask when its end points fit Cellpose's :data:`PEAK_WINDOW`, it has at
+    least :data:`MIN_CLUSTER_PIXELS` pixels, and no Cellpose seed claims its end points (pixels
+    that Cellpose dropped next to a seed, or in a mask it removed as too large, stay dropped).
+
+    Args:
+        masks: ``(H, W)`` labels from ``get_masks_torch`` (0 = none).
+        final: ``(2, n)`` end points (row, column) of the followed pixels.
+        inds: the followed pixels' ``(rows, cols)``.
+    """
+    from scipy import ndimage
+
+    shape = masks.shape
+    left = masks[inds] == 0
+    if not left.any():
+        return masks
+    # Cellpose bins the end points by truncation; they lie inside the image.
+    ends = np.clip(np.asarray(final).astype(np.int64), 0, np.array(shape)[:, None] - 1)
+    flat = ends[0] * shape[1] + ends[1]
+    hist = np.bincount(flat, minlength=masks.size).reshape(shape)
+    seeds = (hist == ndimage.maximum_filter(hist, PEAK_WINDOW)) & (hist > SEED_PIXELS)
+    claimed = ndimage.maximum_filter(seeds, SEED_WINDOW)
+    ends_left = np.zeros(masks.size, bool)
+    ends_left[flat[left]] = True
+    groups, n_groups = ndimage.label(
+        ndimage.binary_dilation(ends_left.reshape(shape)), structure=np.ones((3, 3))
+    )
+    if n_groups == 0:
+        return masks
+    group_of = groups.ravel()[flat[left]]
+    counts = np.bincount(group_of, minlength=n_groups + 1)
+    rejected = np.zeros(n_groups + 1, bool)
+    rejected[np.unique(groups[claimed])] = True
+    for k, box in enumerate(ndimage.find_objects(groups), start=1):
+        # The dilation widened each group by one pixel on every side.
+        if box is None or any(sl.stop - sl.start > PEAK_WINDOW + 2 for sl in box):
+            rejected[k] = True
+    keep = (counts >= MIN_CLUSTER_PIXELS) & ~rejected
+    keep[0] = False
+    if not keep.any():
+        return masks
+    new_ids = np.zeros(n_groups + 1, np.int64)
+    new_ids[keep] = masks.max() + np.arange(1, int(keep.sum()) + 1)
+    out = masks.copy()
+    rows, cols = inds[0][left], inds[1][left]
+    out[rows, cols] = new_ids[group_of]
+    return out
+
+
 class CellposeFamily(ModelFamily):
     """Cellpose-style flows and cell probability; see the module docstring."""
 
     name = "cellpose"
     title = "Cellpose-style (flows)"
     advice = (
-        "the best start; most accurate in the default time budget on nuclei, and on whole "
-        "cells when many are annotated"
+        "the best start; accurate after few steps on nuclei, and on whole cells when many "
+        "are annotated"
     )
     config_cls = CellposeConfig
     calibrated_fields = ("flow_threshold",)

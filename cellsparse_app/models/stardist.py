@@ -179,8 +179,8 @@ class StarDistFamily(ModelFamily):
     name = "stardist"
     title = "StarDist-style (star-convex polygons)"
     advice = (
-        "round or oval nuclei, given longer training (about 1200 steps) than the default "
-        "time budget"
+        "round or oval nuclei, dense or sparse, once it trains about 1000 steps (the "
+        "default time budget on a fast CPU or a GPU)"
     )
     config_cls = StarDistConfig
     calibrated_fields = ("prob_threshold", "nms_threshold", "ray_scale")

@@ -14,6 +14,8 @@ from cellsparse_app.models.cellpose import (
     instance_flows,
     masked_loss,
     reconstruct_instances,
+    recover_unseeded_objects,
+    unit_flows,
 )
 
 
@@ -54,7 +56,11 @@ def test_flows_point_to_the_centre_and_vanish_off_cells():
     t = flow_targets(labels)
     assert t.shape == (4, 64, 64) and t.dtype == np.float32
     cell = labels > 0
-    np.testing.assert_allclose(np.hypot(t[0], t[1])[cell], 1.0, atol=1e-5)
+    centres = np.zeros_like(cell)
+    centres[20, 20] = centres[40, 44] = True  # the heat sources: flow 0 by definition
+    magnitude = np.hypot(t[0], t[1])
+    np.testing.assert_allclose(magnitude[cell & ~centres], 1.0, atol=1e-5)
+    assert np.all(magnitude[centres] == 0)
     assert np.all(t[:2, ~cell] == 0)
     rr, cc = np.mgrid[:64, :64]
     to_centre = np.stack([20 - rr, 20 - cc]).astype(float)
@@ -63,6 +69,53 @@ def test_flows_point_to_the_centre_and_vanish_off_cells():
     assert cos.min() > 0.9
     assert np.array_equal(t[2], cell.astype(np.float32))
     assert np.array_equal(t[3], (labels >= 0).astype(np.float32))
+
+
+def test_flat_heat_gives_defined_flows_whatever_the_rounding():
+    """Where the heat gradient vanishes, the flow does not depend on rounding noise (the case
+    that differs between CPUs with and without AVX-512): exact zeros and noise of any sign at
+    1e-12 give the same flows -- 0 at the centre, straight at the centre elsewhere."""
+    off_row = np.array([0.0, 3.0, -2.0, 0.0])
+    off_col = np.array([0.0, 0.0, 2.0, 5.0])
+    is_centre = np.array([True, False, False, False])
+    scale = np.full(4, 0.5)
+    results = []
+    for noise in (np.zeros(4), 1e-12 * np.array([1, -1, 1, -1]), 1e-12 * np.array([-1, 1, 1, 1])):
+        results.append(unit_flows(noise, -noise, off_row, off_col, is_centre=is_centre,
+                                  scale=scale))
+    for flow_y, flow_x in results:
+        np.testing.assert_allclose(flow_y, [0.0, -1.0, 2 / np.hypot(2, 2), 0.0], atol=1e-12)
+        np.testing.assert_allclose(flow_x, [0.0, 0.0, -2 / np.hypot(2, 2), -1.0], atol=1e-12)
+    # A real gradient is normalised as in Cellpose.
+    fy, fx = unit_flows(np.array([0.0, 0.3]), np.array([0.0, 0.4]), off_row[:2], off_col[:2],
+                        is_centre=is_centre[:2], scale=scale[:2])
+    np.testing.assert_allclose([fy[1], fx[1]], [0.6, 0.8])
+
+
+def test_symmetric_cells_get_flows_independent_of_the_solver_rounding(monkeypatch):
+    """Exactly symmetrised heat (what a CPU without AVX-512 produced) and the solver's own
+    result give the same targets, up to float32 tolerance (no exact equality across CPUs)."""
+    from cellsparse_app.models import cellpose
+
+    labels = _disks(centres=((20, 20), (45, 45)), radius=9)
+    plain = instance_flows(labels)
+    solve = cellpose._steady_heat
+
+    def symmetric(padded, rows, cols, ids):
+        heat = solve(padded, rows, cols, ids)
+        field = np.zeros(padded.shape)
+        field[rows, cols] = heat
+        # Both disks are symmetric under transposition and flips about their centres (+1: pad).
+        for r, c in ((21, 21), (46, 46)):
+            box = field[r - 10 : r + 11, c - 10 : c + 11]
+            box[:] = (box + box[::-1] + box[:, ::-1] + box[::-1, ::-1]) / 4
+            box[:] = (box + box.T) / 2
+        return field[rows, cols]
+
+    monkeypatch.setattr(cellpose, "_steady_heat", symmetric)
+    symmetrised = instance_flows(labels)
+    np.testing.assert_allclose(symmetrised, plain, atol=1e-4)
+    assert np.all(symmetrised[:, 20, 20] == 0) and np.all(symmetrised[:, 45, 45] == 0)
 
 
 def test_flows_match_cellpose_package(dsb_fluo):
@@ -162,6 +215,49 @@ def test_postprocess_thresholds_and_min_size():
     assert family.postprocess(low, CellposeConfig(), PredictConfig(prob_threshold=0.2)).max() >= 1
     with pytest.raises(ValueError, match="shape"):
         reconstruct_instances(out[:2])
+
+
+@pytest.mark.parametrize("centre_flow", [(-1, 0), (1, 0), (0, 1), (0, -1), (0.6, -0.8), (0, 0)])
+def test_small_objects_survive_whatever_the_flow_at_their_centre(centre_flow):
+    """A 13-pixel object's pixels can end split over two bins (Cellpose needs > 10 in one):
+    which way depends on rounding at its centre, so every direction must keep it."""
+    labels = _disks(centres=((20, 20), (45, 45)), radius=9)
+    labels[_disks(centres=((5, 55),), radius=2) > 0] = 3
+    out = _ideal_output(flow_targets(labels))
+    for r, c in ((20, 20), (45, 45), (5, 55)):
+        out[:2, r, c] = 5 * np.asarray(centre_flow)
+    for flow_threshold in (0.0, 0.4, 1.0):
+        rebuilt = reconstruct_instances(out, flow_threshold=flow_threshold, min_size=0)
+        assert rebuilt.max() == 3
+        ious = _iou_matrix(labels.astype(np.int64), rebuilt.astype(np.int64))
+        assert ious[3].max() > 0.9
+
+
+def test_recovery_adds_only_unclaimed_compact_groups():
+    shape = (40, 40)
+    masks = np.zeros(shape, np.int64)
+    masks[2:8, 2:8] = 1  # a mask Cellpose made; its seed is at (5, 5)
+    rows = np.array([3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 6, 6, 20, 20, 21, 30, 30, 34],
+                    dtype=np.int64)
+    cols = np.array([3, 4, 5, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 20, 21, 20, 30, 31, 10],
+                    dtype=np.int64)
+    masks_at = masks[rows, cols].copy()
+    masks_at[12:14] = 0  # dropped by Cellpose next to its seed: stay dropped
+    masks_full = masks.copy()
+    masks_full[rows[12:14], cols[12:14]] = 0
+    final = np.stack([rows, cols]).astype(np.float32)
+    final[:, :12] = 5.2  # converged on the seed
+    # ends: 12 at the seed (5, 5); two next to it; three ending at (20..21, 20..21) -> a new
+    # object; two at (30, 30) (too few); one at (34, 10) alone.
+    final[:, 12:14] = [[6, 7], [6, 6]]
+    final[:, 14:17] = [[20, 20, 21], [20, 21, 21]]
+    final[:, 17:19] = [[30, 30], [30, 30]]
+    final[:, 19] = [34, 10]
+    inds = (rows, cols)
+    out = recover_unseeded_objects(masks_full, final, inds)
+    assert out.max() == 2
+    assert set(map(tuple, np.argwhere(out == 2))) == {(20, 20), (20, 21), (21, 20)}
+    assert np.all(out[rows[12:14], cols[12:14]] == 0)
 
 
 def test_flow_threshold_is_the_models_own_unless_overridden():

@@ -159,8 +159,10 @@ def test_concurrent_users_get_the_same_answers_and_one_encoding(vit_t, nuclei_im
     assert vit_t.cache_info()["encoder_calls"] == start + 2  # one per distinct image
     for i, (img, p) in enumerate(jobs):
         alone = vit_t.segment_from_points(img, [p], mode="all")
-        np.testing.assert_array_equal(results[i].masks, alone.masks)
-        np.testing.assert_array_equal(results[i].scores, alone.scores)
+        # Same prompt, same image: the same masks up to float rounding (no exact equality:
+        # threads may split reductions differently on another CPU).
+        assert np.mean(results[i].masks != alone.masks) < 1e-3
+        np.testing.assert_allclose(results[i].scores, alone.scores, atol=1e-4)
 
 
 def test_automatic_masks_give_a_label_image(vit_t, nuclei_image):

@@ -78,14 +78,28 @@ def test_errors_become_messages_not_tracebacks():
         list(gen())
 
 
-def test_app_py_has_the_documented_entry_point():
+def test_app_py_serves_the_app_with_its_options():
+    """``python app.py`` (make run, Docker, the Space) parses its options and builds the demo."""
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True,
                          text=True, check=True, cwd=ROOT)
     assert "--host" in out.stdout and "--port" in out.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert readme.startswith("---\n") and "app_file: app.py" in readme
-    after = readme.split("---\n", 2)[2].lstrip()
-    assert after.startswith("```bash\nmake run") and "make test" in after.split("```")[1]
+    bad = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "nope"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "invalid int value: 'nope'" in bad.stderr
+
+
+def test_make_targets_create_the_environment_then_run(tmp_path):
+    """``make run`` / ``make test`` (the README's two commands) refresh .venv before serving the
+    app or running pytest: checked with ``make -n`` (prints the commands, runs nothing)."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for target, final in (("run", "app.py --host"), ("test", "-m pytest")):
+        out = subprocess.run(["make", "-n", "-B", target], capture_output=True, text=True,
+                             cwd=ROOT, check=True).stdout
+        assert "-m venv .venv" in out and "pip install -r requirements.txt" in out, target
+        assert out.index("pip install -r requirements.txt") < out.index(final), target
 
 
 def test_family_menu_says_when_to_pick_each_family(demo):
