@@ -16,9 +16,10 @@ BENCHES: dict[str, str] = {
     "sparse": "sparse annotation vs dense and naive partial training on real data (Sugawara 2023)",
     "sam": "SAM prompt latency and mask quality",
     "api_load": "REST API latency: concurrent SAM clicks while a model trains",
+    "user": "simulated user: SAM clicks, boxes, outlines in a Workspace; trains; AP vs band",
 }
-#: Run only when named (they start servers or need options of their own).
-EXPLICIT_ONLY: frozenset[str] = frozenset({"api_load"})
+#: Run only when named (they start servers, need options of their own or take ~20 min).
+EXPLICIT_ONLY: frozenset[str] = frozenset({"api_load", "user"})
 
 
 def _load(name: str):

@@ -32,6 +32,7 @@ from cellsparse_app.labels import (
     relabel_sequential,
     validate_labels,
 )
+from cellsparse_app.margins import background_ring
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,18 @@ class LabelEditor:
         return int(self._labels[row, col])
 
     # -- editing -------------------------------------------------------------------------------
-    def add_foreground(self, mask: np.ndarray) -> int:
+    def add_foreground(
+        self, mask: np.ndarray, *, margin: int = 0, others: Sequence[np.ndarray] = ()
+    ) -> int:
         """Add ``mask`` as a new cell (pixels of existing cells are kept); returns its id.
+
+        Args:
+            mask: boolean ``(H, W)`` mask of the cell.
+            margin: also mark a ring this many px wide just outside the cell as Background,
+                over unlabelled pixels only (:func:`~cellsparse_app.margins.background_ring`);
+                cell and ring are one undo step. 0: no ring.
+            others: instance images (SAM candidates, the model's prediction) whose other cells
+                the ring leaves unlabelled.
 
         Raises:
             ValueError: if the mask has the wrong shape or lies (almost) entirely on cells that
@@ -178,6 +189,7 @@ class LabelEditor:
         new = self._labels.copy()
         new_id = int(new.max(initial=0)) + 1
         new[free] = new_id
+        new[background_ring(mask, margin, new, others)] = BACKGROUND
         self._commit(new)
         return new_id
 
@@ -221,13 +233,23 @@ class LabelEditor:
         self._commit(relabel_sequential(new))
         return len(ids)
 
-    def accept_objects(self, instances: np.ndarray, ids: Sequence[int] | None = None) -> list[int]:
+    def accept_objects(
+        self,
+        instances: np.ndarray,
+        ids: Sequence[int] | None = None,
+        *,
+        margin: int = 0,
+        others: Sequence[np.ndarray] = (),
+    ) -> list[int]:
         """Add objects of an instance image (e.g. a prediction, 0 = none) as new cells.
 
         Args:
             instances: ``(H, W)`` integer image, 0 background, ``1..M`` objects.
             ids: which objects to accept (None: all). Objects that would keep fewer than
                 ``MIN_OBJECT_PIXELS`` free pixels (already annotated) are skipped.
+            margin, others: as in :meth:`add_foreground`. The rings are drawn after all the
+                objects are added, and never cover the other objects of ``instances``; all of
+                it is one undo step.
 
         Returns:
             The new cell ids, one per accepted object.
@@ -242,13 +264,17 @@ class LabelEditor:
         new = self._labels.copy()
         next_id = int(new.max(initial=0)) + 1
         added: list[int] = []
+        accepted = []
         for obj in wanted:
             free = (instances == obj) & (new <= BACKGROUND)
             if obj <= 0 or np.count_nonzero(free) < MIN_OBJECT_PIXELS:
                 continue
             new[free] = next_id
             added.append(next_id)
+            accepted.append(obj)
             next_id += 1
+        for obj in accepted if margin else ():
+            new[background_ring(instances == obj, margin, new, (instances, *others))] = BACKGROUND
         if added:
             self._commit(new)
         return added

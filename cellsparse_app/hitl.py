@@ -18,6 +18,7 @@ import numpy as np
 
 from cellsparse_app import render
 from cellsparse_app.labels import from_dense
+from cellsparse_app.margins import annotation_warnings
 from cellsparse_app.project import Project, RoundRecord
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def train_round(
 ) -> Generator[Any, None, RoundRecord | None]:
     """Train on every annotated image and save the model as the next round.
 
-    Yields :class:`Notice` items first (e.g. no Background annotated), then the engine's
+    Yields :class:`Notice` items first (:func:`~cellsparse_app.margins.annotation_warnings`: no
+    Background annotated, or none near the cells), then the engine's
     ``TrainProgress`` per step. Returns the new :class:`RoundRecord`, or None when the run was
     stopped before its first step. A run stopped by ``should_stop`` (or by closing the generator)
     keeps the model trained so far as a round marked ``cancelled``; a failing run raises and
@@ -101,9 +103,8 @@ def train_round(
                          "Background first")
     if totals["n_objects"] == 0:
         raise ValueError("no Foreground cell annotated: accept at least one cell (ideally 5-20)")
-    if totals["background_px"] == 0:
-        yield Notice("No Background marked: the model cannot learn what is not a cell. Mark some "
-                     "Background (box or brush) for a much better model.")
+    for text in annotation_warnings(labels):  # no Background, or none near the cells
+        yield Notice(text)
     initial, parent = None, None
     if continue_training:
         if project.active_round is None:
@@ -245,16 +246,26 @@ def compare(project: Project, image_id: str, display: np.ndarray) -> Comparison:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_files` wrote, and what it skipped and why (one sentence each)."""
+
+    files: list[Path]
+    skipped: list[str]
+
+
 def export_files(
     project: Project, image_ids: Sequence[str], source: str, formats: Sequence[str], dest: Path
-) -> list[Path]:
-    """Write ``formats`` (keys of :data:`EXPORT_FORMATS`) of the prediction or annotation.
+) -> ExportResult:
+    """Write every chosen format (keys of :data:`EXPORT_FORMATS`) that applies to the prediction
+    or annotation of each image; the rest is skipped with the reason, never fatal.
 
     Args:
         source: ``"prediction"`` (active round) or ``"annotations"`` (Foreground cells).
 
     Raises:
-        ValueError: unknown source/format, no format chosen, or an image without prediction.
+        ValueError: unknown source/format, no format chosen, or nothing could be written
+            (the message gives every reason).
     """
     from cellsparse_app import export
 
@@ -263,8 +274,12 @@ def export_files(
         raise ValueError(f"choose export formats among {list(EXPORT_FORMATS)}, got {list(formats)}")
     if source not in ("prediction", "annotations"):
         raise ValueError(f"export source must be 'prediction' or 'annotations', got {source!r}")
+    formats = list(dict.fromkeys(formats))
+    skipped: list[str] = []
     if "sparse" in formats and source != "annotations":
-        raise ValueError("the sparse annotation TIFF exists only for annotations")
+        formats.remove("sparse")
+        skipped.append(f"{EXPORT_FORMATS['sparse'][1]}: only for 'My annotations' (a prediction "
+                       "has no unlabelled pixels)")
     dest.mkdir(parents=True, exist_ok=True)
     names, stacks, written = [], [], []
     for image_id in image_ids:
@@ -272,7 +287,8 @@ def export_files(
         if source == "prediction":
             pred = project.prediction(image_id) if project.active_round else None
             if pred is None:
-                raise ValueError(f"{name} has no prediction yet: Predict it first")
+                skipped.append(f"{name}: no prediction yet (Predict it first)")
+                continue
             labels = pred.astype(np.int32)
         else:
             labels = project.labels(image_id)
@@ -280,23 +296,39 @@ def export_files(
         names.append(f"{name}.tif")
         stacks.append(labels)
         for fmt in formats:
+            if fmt == "coco":
+                continue  # one file for all images, below
             path = Path(f"{stem}{EXPORT_FORMATS[fmt][0]}")
-            if fmt == "tiff":
-                written.append(export.write_label_tiff(path, labels))
-            elif fmt == "sparse":
-                written.append(export.write_label_tiff(path, labels, keep_unlabelled=True))
-            elif fmt == "geojson":
-                written.append(export.write_geojson(path, labels, label="cell"))
-            elif fmt == "imagej":
-                written.append(export.write_imagej_rois(path, labels))
-            elif fmt == "csv":
-                path.write_text(export.measure_objects(labels, project.image(image_id)))
-                written.append(path)
-    if "coco" in formats:
+            try:
+                written.append(_write_format(fmt, path, labels, project, image_id))
+            except (ValueError, OSError) as exc:
+                logger.warning("export of %s as %s failed: %s", name, fmt, exc)
+                skipped.append(f"{name}, {EXPORT_FORMATS[fmt][1]}: {exc}")
+    if "coco" in formats and stacks:
         stem = names[0][:-4] if len(names) == 1 else "all_images"
         written.append(export.write_coco(dest / f"{stem}_{source}_coco.json", stacks,
                                          file_names=names))
-    return written
+    if not written:
+        raise ValueError("nothing exported: " + "; ".join(skipped))
+    return ExportResult(written, skipped)
+
+
+def _write_format(fmt: str, path: Path, labels: np.ndarray, project: Project,
+                  image_id: str) -> Path:
+    from cellsparse_app import export
+
+    if fmt == "tiff":
+        return export.write_label_tiff(path, labels)
+    if fmt == "sparse":
+        return export.write_label_tiff(path, labels, keep_unlabelled=True)
+    if fmt == "geojson":
+        return export.write_geojson(path, labels, label="cell")
+    if fmt == "imagej":
+        return export.write_imagej_rois(path, labels)
+    if fmt == "csv":
+        path.write_text(export.measure_objects(labels, project.image(image_id)))
+        return path
+    raise ValueError(f"unknown export format {fmt!r}")
 
 
 def export_model(project: Project, dest: Path) -> Path:

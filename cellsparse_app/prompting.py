@@ -16,17 +16,21 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT = "positive", "negative", "box", "bg_box", "select"
-CLICK_MODES = (POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT)
+#: Without SAM: a vertex of a hand outline; delete the cell / Background region under the click;
+#: centre the zoomed view on the click.
+OUTLINE, ERASE, CENTRE = "outline", "erase", "centre"
+CLICK_MODES = (POSITIVE, NEGATIVE, BOX, BACKGROUND_BOX, SELECT, OUTLINE, ERASE, CENTRE)
 
 
 @dataclasses.dataclass
 class Prompts:
-    """SAM prompts on the current image and the mask they produced."""
+    """SAM prompts (or a hand outline) on the current image and the mask they produced."""
 
     points: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     labels: list[int] = dataclasses.field(default_factory=list)
     box_start: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
+    outline: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     preview: np.ndarray | None = None
     score: float | None = None
 

@@ -4,7 +4,8 @@ All functions return ``uint8 (H, W, 3)`` RGB arrays and never change their input
 
 * Foreground cells: one saturated colour per cell, translucent, with a bright outline;
 * Background: translucent blue; unlabelled pixels show the plain image (ignored in training);
-* SAM preview: yellow; prompt points: green (+) / red (-); box: yellow rectangle;
+* SAM preview (or hand outline): yellow; prompt points: green (+) / red (-); box: yellow
+  rectangle; hand-outline vertices: yellow dots joined by a white line;
 * predicted objects (to accept) and automatic-mask candidates: cyan / magenta outlines;
 * errors: true positives green, false positives magenta, false negatives (missed) yellow;
 * changes between rounds: new objects green, removed objects magenta, unchanged grey.
@@ -19,6 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cellsparse_app.drawing import polyline_mask
 from cellsparse_app.io import ImageConfig, normalize, select_channels
 
 logger = logging.getLogger(__name__)
@@ -105,9 +107,11 @@ def annotation_overlay(
     point_labels: Sequence[int] = (),
     box: tuple[int, int, int, int] | None = None,
     box_start: tuple[int, int] | None = None,
+    outline: Sequence[tuple[float, float]] = (),
     prediction: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
     selected: np.ndarray | None = None,
+    window: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """The annotation canvas: image + Background + cells + prompts (see module colours).
 
@@ -119,10 +123,22 @@ def annotation_overlay(
         box: ``(row0, col0, row1, col1)`` box prompt; ``box_start``: first corner of a box.
         prediction, candidates: instance images (0 = none) drawn as outlines.
         selected: boolean mask of the selected object (white outline).
+        outline: vertices ``(row, col)`` of a hand outline, drawn as a polyline.
+        window: ``(row slice, col slice)`` of the image to draw (a zoomed view): the result has
+            the window's shape, line widths and dots fit it; every other argument stays in
+            full-image coordinates.
     """
+    if window is not None:
+        return _overlay_window(
+            window, display, labels, preview=preview, points=points,
+            point_labels=point_labels, box=box, box_start=box_start, outline=outline,
+            prediction=prediction, candidates=candidates, selected=selected,
+        )
     out = display.astype(np.float32).copy()
     width = line_width(labels.shape)
     _blend(out, labels == 0, BACKGROUND_RGB, 0.38)
+    # A stronger edge where Background meets unlabelled pixels: thin margin rings stay visible.
+    _blend(out, (labels == 0) & thick(labels < 0, max(width, 1)), BACKGROUND_RGB, 0.7)
     cells = labels > 0
     if cells.any():
         colours = _PALETTE[(labels[cells] - 1) % len(_PALETTE)]
@@ -142,6 +158,11 @@ def annotation_overlay(
     radius = max(3, int(round(max(labels.shape) / 120)))
     if box_start is not None:
         _disc(out, box_start, radius, PREVIEW_RGB)
+    if len(outline):
+        out[thick(polyline_mask(outline, labels.shape), width)] = SELECTED_RGB
+        for vertex in outline:
+            _disc(out, vertex, radius, (0, 0, 0))
+            _disc(out, vertex, max(radius - 1, 1), PREVIEW_RGB)
     for (r, c), lab in zip(points, point_labels):
         _disc(out, (r, c), radius + 1, (255, 255, 255))
         _disc(out, (r, c), radius, POSITIVE_RGB if lab else NEGATIVE_RGB)
@@ -239,8 +260,31 @@ def box_mask(shape: tuple[int, ...], box: tuple[int, int, int, int]) -> np.ndarr
     r0, r1 = sorted((int(r0), int(r1)))
     c0, c1 = sorted((int(c0), int(c1)))
     mask = np.zeros(shape[:2], dtype=bool)
-    mask[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1] = True
+    mask[max(r0, 0) : max(r1 + 1, 0), max(c0, 0) : max(c1 + 1, 0)] = True
     return mask
+
+
+def _overlay_window(window: tuple[slice, slice], display: np.ndarray, labels: np.ndarray,
+                    **kw) -> np.ndarray:
+    # Draw the window plus a one-pixel margin (outlines of cells cut by the window's edge stay
+    # off that edge), shifted into the window's coordinates, then drop the margin.
+    h, w = labels.shape[:2]
+    rows, cols = window
+    r0, r1 = max(rows.start - 1, 0), min(rows.stop + 1, h)
+    c0, c1 = max(cols.start - 1, 0), min(cols.stop + 1, w)
+    crop = (slice(r0, r1), slice(c0, c1))
+    for key in ("preview", "prediction", "candidates", "selected"):
+        if kw[key] is not None:
+            kw[key] = kw[key][crop]
+    shift = np.array([r0, c0], dtype=np.float64)
+    for key in ("points", "outline"):
+        kw[key] = [tuple(np.asarray(p, dtype=np.float64) - shift) for p in kw[key]]
+    if kw["box_start"] is not None:
+        kw["box_start"] = tuple(np.asarray(kw["box_start"]) - shift)
+    if kw["box"] is not None:
+        kw["box"] = tuple(np.asarray(kw["box"]) - np.tile(shift, 2))
+    out = annotation_overlay(display[crop], labels[crop], **kw)
+    return out[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
 
 
 def _blend(out: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:

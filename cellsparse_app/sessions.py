@@ -1,29 +1,52 @@
 """Per-browser-session folders on disk, and removal of those a previous server run left behind.
 
-Each browser session works in its own folder ``<session root>/session-XXXX`` (see
-:meth:`cellsparse_app.workspace.Workspace.create`), deleted when Gradio drops the session. A
-server that crashes or is restarted never gets that call, so its sessions' folders (images,
-models, predictions) would pile up under the session root. At start-up the web app calls
-:func:`remove_stale_sessions`, which deletes the folders in which nothing changed for longer than
-a configurable age; recent ones are kept because another server process may share the root.
+Each browser session works in its own folder ``<session root>/session-<token>`` (see
+:meth:`cellsparse_app.workspace.Workspace.create`). The browser keeps the secret token, so a
+reload (or a closed and reopened tab) finds its images, annotations and rounds again; the folder
+therefore outlives the page. Folders in which nothing changed for longer than a configurable age
+are deleted by :func:`remove_stale_sessions`, which the web app calls at start-up and from time
+to time; recent ones are kept (their user may come back, or another server process shares the
+root).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Collection
 
 logger = logging.getLogger(__name__)
 
 #: Name prefix of every session folder (nothing else under the root is ever removed).
 SESSION_PREFIX = "session-"
+#: What a session token looks like (``secrets.token_urlsafe``); nothing else names a folder.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{22,64}")
+
+
+def new_session_token() -> str:
+    """A new secret session token: the browser keeps it to find its session after a reload."""
+    return secrets.token_urlsafe(24)
+
+
+def session_folder(root: str | Path, token: str) -> Path:
+    """The folder of the session ``token`` under ``root`` (it may not exist).
+
+    Raises:
+        ValueError: ``token`` is not a session token (so it can never name another path).
+    """
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise ValueError(f"not a session token: {str(token)[:80]!r}")
+    return Path(root) / f"{SESSION_PREFIX}{token}"
 
 
 def remove_stale_sessions(
-    root: str | Path, max_age_seconds: float, *, now: float | None = None
+    root: str | Path, max_age_seconds: float, *, now: float | None = None,
+    keep: Collection[Path] = (),
 ) -> list[Path]:
     """Delete session folders under ``root`` in which nothing changed for ``max_age_seconds``.
 
@@ -35,6 +58,7 @@ def remove_stale_sessions(
         root: the session root (missing: nothing to do).
         max_age_seconds: age above which a folder is stale; ``<= 0`` disables the clean-up.
         now: the current time (``time.time()``; tests pass their own).
+        keep: folders in use (open in a page), never removed.
 
     Returns:
         The removed folders.
@@ -45,7 +69,8 @@ def remove_stale_sessions(
     cutoff = (time.time() if now is None else now) - max_age_seconds
     removed = []
     for folder in sorted(root.glob(f"{SESSION_PREFIX}*")):
-        if folder.is_symlink() or not folder.is_dir() or _changed_since(folder, cutoff):
+        if folder in keep or folder.is_symlink() or not folder.is_dir() \
+                or _changed_since(folder, cutoff):
             continue
         try:
             shutil.rmtree(folder)

@@ -12,32 +12,42 @@ Coordinates are ``(row, col)``; the UI converts Gradio's ``(x, y)`` before calli
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cellsparse_app import prompting, render
+from cellsparse_app import drawing, prompting, render
 from cellsparse_app.annotations import AnnotationSummary
 from cellsparse_app.io import ImageConfig, read_image
+from cellsparse_app.margins import DEFAULT_MARGIN_PX, check_margin
+from cellsparse_app.plausibility import AcceptGuard, implausible_mask_reason
 from cellsparse_app.project import Project
 from cellsparse_app.prompting import (  # noqa: F401  (the click modes are part of this API)
     BACKGROUND_BOX,
     BOX,
+    CENTRE,
     CLICK_MODES,
+    ERASE,
     NEGATIVE,
+    OUTLINE,
     POSITIVE,
     SELECT,
     Prompts,
 )
-from cellsparse_app.sessions import SESSION_PREFIX
+from cellsparse_app.sessions import SESSION_PREFIX, session_folder
+from cellsparse_app.viewport import ZOOM_FACTORS, Viewport  # noqa: F401  (zoom is part of this API)
 from cellsparse_app.workspace_rounds import RoundsMixin
 
 logger = logging.getLogger(__name__)
+
+#: The session folder's small state file (project folder, current image) for page reloads.
+SESSION_FILE = "session.json"
 
 @dataclasses.dataclass(frozen=True)
 class CanvasView:
@@ -86,35 +96,93 @@ class Workspace(RoundsMixin):
         self._display_key: tuple | None = None
         self._display: np.ndarray | None = None
         self._model_cache: tuple[tuple, Any] | None = None
+        self._viewport: Viewport | None = None
+        self.margin = DEFAULT_MARGIN_PX  # Background ring (px) around accepted cells; 0: off
+        self._guard = AcceptGuard()
 
     @classmethod
-    def create(cls, root: str | Path, sam: Callable[[], Any] | None = None) -> "Workspace":
-        """A workspace in a fresh private folder under ``root``."""
+    def create(
+        cls, root: str | Path, sam: Callable[[], Any] | None = None, *, token: str | None = None
+    ) -> "Workspace":
+        """A workspace in a fresh private folder under ``root`` (named after ``token``, see
+        :func:`~cellsparse_app.sessions.session_folder`, or random)."""
         Path(root).mkdir(parents=True, exist_ok=True)
-        return cls(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=root), sam)
+        if token is None:
+            return cls(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=root), sam)
+        folder = session_folder(root, token)
+        folder.mkdir(mode=0o700)
+        return cls(folder, sam)
+
+    @classmethod
+    def reopen(cls, directory: str | Path, sam: Callable[[], Any] | None = None) -> "Workspace":
+        """The workspace of an existing session folder (after a page reload), showing the image
+        that was current."""
+        ws = cls(directory, sam)
+        state = ws._session_state()
+        ids = [r.id for r in ws.project.images]
+        ws.current = state.get("current") if state.get("current") in ids else (ids or [None])[0]
+        return ws
 
     @property
     def project(self) -> Project:
         with self._lock:
             if self._project is None:
-                self._project = Project(self.directory / "project")
+                folder = self._session_state().get("project", "project")
+                self._project = Project(self.directory / Path(folder).name)
             return self._project
+
+    def _session_state(self) -> dict[str, Any]:
+        """What a reload needs beyond the project: its folder and the current image."""
+        try:
+            state = json.loads((self.directory / SESSION_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save_session_state(self, **changes: Any) -> None:
+        state = {**self._session_state(), **changes}
+        path = self.directory / SESSION_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)  # atomic: a reload never reads half a file
+
+    def _use_project_folder(self, folder: Path) -> None:
+        self._save_session_state(project=Path(folder).name)
 
     def close(self) -> None:
         """Delete the session folder (the user closed the page)."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- images --------------------------------------------------------------------------------
-    def add_images(self, sources: list[str | Path], names: list[str] | None = None) -> str:
-        """Read image files into the project; the first becomes current. Returns its id."""
+    def add_images(
+        self, sources: list[str | Path], names: list[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Read image files into the project; the first one read becomes current.
+
+        A file that cannot be read is skipped, not fatal: the others are added.
+
+        Returns:
+            ``(ids, problems)``: the new images' ids, and one message per skipped file.
+
+        Raises:
+            ValueError: no file given, or no file could be read (naming each one's problem).
+        """
         if not sources:
             raise ValueError("no file given: choose a PNG, JPEG or TIFF image")
         names = names or [Path(s).name for s in sources]
-        # Read (and check) every file first: one bad file adds none of them.
-        images = [read_image(source, name=name) for source, name in zip(sources, names)]
-        ids = [self.project.add_image(image, name) for image, name in zip(images, names)]
+        ids, problems = [], []
+        for source, name in zip(sources, names):
+            try:
+                image = read_image(source, name=name)
+            except (ValueError, OSError) as exc:
+                logger.info("upload %s skipped: %s", name, exc)
+                problems.append(str(exc) if name in str(exc) else f"{name}: {exc}")
+                continue
+            ids.append(self.project.add_image(image, name))
+        if not ids:
+            raise ValueError("; ".join(problems))
         self.select_image(ids[0])
-        return ids[0]
+        return ids, problems
 
     def add_example(self, image_path: Path, truth_path: Path | None = None) -> str:
         """Add the bundled example (with its ground truth for AP display)."""
@@ -132,6 +200,7 @@ class Workspace(RoundsMixin):
             self.current = image_id
             self._reset_prompts()
             self.candidates = None
+            self._save_session_state(current=image_id)
         return self.view(f"Showing {self.project.record(image_id).name}")
 
     def remove_current(self) -> str | None:
@@ -141,6 +210,7 @@ class Workspace(RoundsMixin):
         remaining = [r.id for r in self.project.images]
         self.current = remaining[0] if remaining else None
         self._reset_prompts()
+        self._save_session_state(current=self.current)
         return self.current
 
     def set_display(self, config: ImageConfig) -> CanvasView:
@@ -164,7 +234,8 @@ class Workspace(RoundsMixin):
 
     # -- annotating ----------------------------------------------------------------------------
     def click(self, row: int, col: int, mode: str) -> CanvasView:
-        """Handle a click on the canvas in one of :data:`CLICK_MODES`."""
+        """Handle a click in one of :data:`CLICK_MODES` at image ``(row, col)`` (a click on a
+        zoomed canvas is mapped with :meth:`to_image` first)."""
         image_id = self._require_image()
         h, w = self.project.record(image_id).shape[:2]
         if not (0 <= row < h and 0 <= col < w):
@@ -176,6 +247,14 @@ class Workspace(RoundsMixin):
                 return self._select_at(row, col)
             if mode == BACKGROUND_BOX:
                 return self._background_corner(row, col)
+            if mode == CENTRE:
+                return self.set_zoom(self.viewport.zoom, (row, col))
+            if mode == ERASE:
+                return self._erase_at(row, col)
+            if mode == OUTLINE:
+                return self._outline_vertex(row, col)
+            if self.prompts.outline:  # SAM prompts replace a hand outline
+                self.prompts = Prompts()
             p = self.prompts
             if mode == BOX:
                 if p.box_start is None or p.box is not None:
@@ -194,17 +273,36 @@ class Workspace(RoundsMixin):
             note = f"SAM ({model}) mask: {area} px" + (f", score {score:.2f}" if score else "")
             if area == 0:
                 note = "SAM found no object there: try another point or a box"
+            areas = self._cell_areas()
+            reason = implausible_mask_reason(area, areas, mask.size) if area else None
+            if reason:
+                note += f" · ⚠ Check it: {reason}; Accept asks twice"
             return self.view(note + " · Accept as Foreground or Background, or refine")
+
+    def outline(self, points_rc: Sequence[tuple[float, float]]) -> CanvasView:
+        """Make the polygon through ``points_rc`` (image ``(row, col)``: clicked border points or
+        a freehand stroke; at least 3) the mask to accept, instead of a SAM mask."""
+        image_id = self._require_image()
+        vertices = [(float(r), float(c)) for r, c in points_rc]
+        mask = drawing.polygon_mask(vertices, self.project.record(image_id).shape)
+        with self._lock:
+            self._reset_prompts()
+            self.prompts = Prompts(outline=vertices, preview=mask)
+            return self.view(f"Outline: {int(mask.sum())} px · Accept as Foreground or "
+                             "Background, or click more border points")
 
     def accept_foreground(self) -> CanvasView:
         """Add the SAM preview (or the selected predicted/candidate object) as a cell."""
         image_id = self._require_image()
         with self._lock:
             mask = self._pending_mask("Foreground")
-            new_id = self.project.editor(image_id).add_foreground(mask)
+            self._guard.check(image_id, mask, self._cell_areas())
+            new_id = self.project.editor(image_id).add_foreground(
+                mask, margin=self.margin, others=self._other_objects())
             self.project.edited(image_id)
             self._reset_prompts()
-            return self.view(f"Added cell {new_id}")
+            ring = f" with a {self.margin} px Background margin" if self.margin else ""
+            return self.view(f"Added cell {new_id}{ring}")
 
     def accept_background(self) -> CanvasView:
         """Mark the SAM preview (or selected object's area) as Background."""
@@ -216,10 +314,11 @@ class Workspace(RoundsMixin):
             return self.view(f"Marked {n} px as Background")
 
     def paint(self, layers: list[np.ndarray] | np.ndarray, kind: str) -> CanvasView:
-        """Apply brush strokes (a boolean mask, or RGBA layers whose painted pixels count):
-        ``kind`` "background" or "erase" (back to unlabelled)."""
+        """Apply brush strokes (a boolean mask of the image, or RGBA layers of the current view
+        whose painted pixels count): ``kind`` "background", "erase" (back to unlabelled) or
+        "foreground" (one new cell, holes filled: a freehand outline becomes the cell)."""
         image_id = self._require_image()
-        mask = render.painted_mask(layers, self.project.record(image_id).shape)
+        mask = self._painted(layers)
         if not mask.any():
             raise ValueError("nothing painted: paint over the image with the brush first")
         with self._lock:
@@ -228,8 +327,11 @@ class Workspace(RoundsMixin):
                 n, what = editor.add_background(mask), "Background"
             elif kind == "erase":
                 n, what = editor.unlabel(mask), "unlabelled"
+            elif kind == "foreground":
+                cell = drawing.filled_cell(mask)
+                n, what = int(cell.sum()), f"Foreground (cell {editor.add_foreground(cell)})"
             else:
-                raise ValueError(f"unknown paint kind {kind!r} (background or erase)")
+                raise ValueError(f"unknown paint kind {kind!r} (background, erase or foreground)")
             self.project.edited(image_id)
             return self.view(f"{n} px marked {what}")
 
@@ -251,7 +353,8 @@ class Workspace(RoundsMixin):
             objects = self._objects(source)
             if objects is None:
                 raise ValueError(f"no {source} objects on this image yet")
-            added = self.project.editor(image_id).accept_objects(objects)
+            added = self.project.editor(image_id).accept_objects(
+                objects, margin=self.margin, others=self._other_objects())
             self.project.edited(image_id)
             if source == "candidates":
                 self.candidates = None
@@ -288,13 +391,50 @@ class Workspace(RoundsMixin):
             self.show_prediction = bool(show)
             return self.view("Prediction outlines shown" if show else "Prediction outlines hidden")
 
+    def set_margin(self, px: int) -> str:
+        """Width (px) of the Background ring marked around each cell accepted from now on;
+        0 turns it off. Returns a status message."""
+        with self._lock:
+            self.margin = check_margin(px)
+        if not self.margin:
+            return "Background margin off: mark Background right up to the cells yourself"
+        return f"Cells accepted from now on get a {self.margin} px Background margin"
+
     def clear_prompts(self) -> CanvasView:
         with self._lock:
             self._reset_prompts()
             return self.view("Prompts cleared")
 
+    # -- zoom and pan --------------------------------------------------------------------------
+    @property
+    def viewport(self) -> Viewport:
+        """The visible crop of the current image (a new image keeps the zoom, centred)."""
+        shape = tuple(self.project.record(self._require_image()).shape[:2])
+        with self._lock:
+            if self._viewport is None or self._viewport.shape != shape:
+                zoom = 1 if self._viewport is None else self._viewport.zoom
+                self._viewport = Viewport.full(shape).zoomed(zoom)
+            return self._viewport
+
+    def set_zoom(self, factor: int, centre_rc: tuple[int, int] | None = None) -> CanvasView:
+        """Show the image at ``factor`` (:data:`ZOOM_FACTORS`) around image ``centre_rc``
+        (None: the current centre), at full resolution."""
+        with self._lock:
+            self._viewport = self.viewport.zoomed(int(factor), centre_rc)
+            return self.view(self._viewport.describe())
+
+    def pan(self, d_rows: int, d_cols: int) -> CanvasView:
+        """Move the zoomed view by ``(d_rows, d_cols)`` image pixels (stops at the borders)."""
+        with self._lock:
+            self._viewport = self.viewport.panned(int(d_rows), int(d_cols))
+            return self.view(self._viewport.describe())
+
+    def to_image(self, row: int, col: int) -> tuple[int, int]:
+        """Canvas ``(row, col)`` of the current view to image ``(row, col)``."""
+        return self.viewport.to_image(row, col)
+
     def view(self, message: str = "") -> CanvasView:
-        """Render the canvas of the current image."""
+        """Render the canvas of the current image (the visible crop when zoomed)."""
         image_id = self._require_image()
         with self._lock:
             editor = self.project.editor(image_id)
@@ -307,8 +447,8 @@ class Workspace(RoundsMixin):
                 selected = None if objects is None else objects == self.selected[1]
             image = render.annotation_overlay(
                 self.display(), labels, preview=p.preview, points=p.points, point_labels=p.labels,
-                box=p.box, box_start=p.box_start, prediction=prediction,
-                candidates=self.candidates, selected=selected,
+                box=p.box, box_start=p.box_start, outline=p.outline, prediction=prediction,
+                candidates=self.candidates, selected=selected, window=self.viewport.window,
             )
             return CanvasView(image, editor.summary(), message, p.preview is not None,
                               self.selected, editor.can_undo, editor.objects(),
@@ -342,6 +482,16 @@ class Workspace(RoundsMixin):
             return self.project.prediction(self._require_image())
         raise ValueError(f"unknown object source {kind!r}")
 
+    def _other_objects(self) -> list[np.ndarray]:
+        # Objects that SAM's candidates or the model see: the margin ring keeps off other cells.
+        found = (self.candidates, self.project.prediction(self._require_image()))
+        return [objects for objects in found if objects is not None]
+
+    def _cell_areas(self) -> list[int]:
+        # Areas (px) of the cells annotated so far, over all images.
+        editors = [self.project.editor(rec.id) for rec in self.project.images]
+        return [row["area"] for editor in editors for row in editor.objects()]
+
     def _pending_mask(self, what: str) -> np.ndarray:
         p = self.prompts
         if p.preview is not None and p.preview.any():
@@ -354,6 +504,32 @@ class Workspace(RoundsMixin):
             f"nothing to mark as {what}: click a cell to get a SAM mask, or select a predicted "
             "object first"
         )
+
+    def _painted(self, layers: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        # Brush layers come from the editor, which shows the current view (a crop when zoomed).
+        vp = self.viewport
+        if isinstance(layers, np.ndarray) and layers.dtype == bool and layers.shape == vp.shape:
+            return layers
+        return vp.paste(render.painted_mask(layers, vp.crop_shape))
+
+    def _outline_vertex(self, row: int, col: int) -> CanvasView:
+        vertices = [*self.prompts.outline, (float(row), float(col))]
+        if len(vertices) >= 3:
+            return self.outline(vertices)
+        self._reset_prompts()
+        self.prompts.outline = vertices
+        return self.view(f"Outline: {len(vertices)} point(s); click at least 3 along the border")
+
+    def _erase_at(self, row: int, col: int) -> CanvasView:
+        image_id = self._require_image()
+        editor = self.project.editor(image_id)
+        mask, what = drawing.erase_region(editor.labels, row, col)
+        self._reset_prompts()
+        n = editor.unlabel(mask)
+        if not n:
+            return self.view("Nothing to erase here (unlabelled pixel)")
+        self.project.edited(image_id)
+        return self.view(f"Erased {what} ({n} px)")
 
     def _select_at(self, row: int, col: int) -> CanvasView:
         image_id = self._require_image()

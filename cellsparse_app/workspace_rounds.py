@@ -62,7 +62,9 @@ class RoundsMixin:
             self._reset_prompts()
             return self.view(f"Rolled back to round {index}")
 
-    def export(self, source: str, scope: str, formats: list[str], dest: str | Path) -> list[Path]:
+    def export(
+        self, source: str, scope: str, formats: list[str], dest: str | Path
+    ) -> hitl.ExportResult:
         """Write annotation or prediction exports; see :func:`hitl.export_files`."""
         ids = [r.id for r in self.project.images] if scope == "all" else [self._require_image()]
         return hitl.export_files(self.project, ids, source, formats, Path(dest))
@@ -85,7 +87,12 @@ class RoundsMixin:
             old, self._project = self._project, project
             if old is not None:
                 shutil.rmtree(old.directory, ignore_errors=True)
+            self._use_project_folder(project.directory)
             self.current = project.images[0].id if project.images else None
             self._reset_prompts()
+            # Candidates, the display and the model belong to the old project's images: an
+            # auto-mask of another image's size here crashed the next view.
+            self.candidates = None
+            self._display_key = self._display = None
             self._model_cache = None
             return self.current

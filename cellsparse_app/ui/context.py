@@ -12,13 +12,17 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from cellsparse_app.sessions import remove_stale_sessions
+from cellsparse_app.sessions import new_session_token, remove_stale_sessions, session_folder
 from cellsparse_app.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two sweeps of stale session folders while the app runs.
+SWEEP_EVERY = 600.0
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 
@@ -83,6 +87,9 @@ class AppContext:
                               self.settings.session_max_age_hours * 3600)
         self._annotator: Any = None
         self._lock = threading.Lock()
+        self._sessions_lock = threading.Lock()  # not the SAM lock: loading SAM takes seconds
+        self._live: dict[str, tuple[Workspace, int]] = {}
+        self._last_sweep = time.monotonic()
 
     def annotator(self) -> Any:
         """The shared ``SamAnnotator`` (created on first use)."""
@@ -101,11 +108,72 @@ class AppContext:
 
     def new_workspace(self) -> Workspace:
         """A fresh workspace in a private folder (one per browser session)."""
-        return Workspace.create(self.settings.session_root, sam=self.annotator)
+        return self.open_workspace(None)[0]
+
+    def open_workspace(self, token: str | None) -> tuple[Workspace, str, bool]:
+        """The workspace of the browser's session ``token`` (kept in its ``gr.BrowserState``):
+        the same one after a reload, or a fresh one with a new token.
+
+        Tabs of one browser share their session's workspace while open (counted); the folder
+        stays on disk after the last tab closes, so a reload finds it, until it has been
+        unchanged for ``session_max_age_hours``.
+
+        Returns:
+            ``(workspace, token, restored)``.
+        """
+        root = self.settings.session_root
+        with self._sessions_lock:
+            self._sweep()
+            if token:
+                try:
+                    folder = session_folder(root, token)
+                except ValueError:
+                    logger.info("ignoring a malformed session token from a browser")
+                    folder = None
+                if token in self._live:
+                    ws, count = self._live[token]
+                    self._live[token] = (ws, count + 1)
+                    return ws, token, True
+                if folder is not None and folder.is_dir() and not folder.is_symlink():
+                    ws = Workspace.reopen(folder, sam=self.annotator)
+                    self._live[token] = (ws, 1)
+                    logger.info("restored session %s", folder)
+                    return ws, token, True
+            token = new_session_token()
+            ws = Workspace.create(root, sam=self.annotator, token=token)
+            self._live[token] = (ws, 1)
+            return ws, token, False
+
+    def release_workspace(self, workspace: Workspace | None) -> None:
+        """Gradio dropped a page's session (tab closed or reloaded): forget the workspace once
+        no tab uses it. Its folder is kept for a reload (see :meth:`open_workspace`)."""
+        if workspace is None:
+            return
+        with self._sessions_lock:
+            for token, (ws, count) in list(self._live.items()):
+                if ws is workspace:
+                    if count > 1:
+                        self._live[token] = (ws, count - 1)
+                    else:
+                        del self._live[token]
+                    logger.info("session %s released (folder kept for a reload)",
+                                workspace.directory)
 
     @staticmethod
     def close_workspace(workspace: Workspace | None) -> None:
-        """Delete a session's folder when Gradio drops the session."""
+        """Delete a session's folder now (tests, or a user who asks to forget the session)."""
         if workspace is not None:
             workspace.close()
             logger.info("closed session %s", workspace.directory)
+
+    def _sweep(self) -> None:
+        """Remove stale session folders, at most every :data:`SWEEP_EVERY` seconds."""
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_EVERY:
+            return
+        self._last_sweep = now
+        live = {ws.directory for ws, _ in self._live.values()}
+        removed = remove_stale_sessions(self.settings.session_root,
+                                        self.settings.session_max_age_hours * 3600, keep=live)
+        if removed:
+            logger.info("removed %d stale session folder(s)", len(removed))

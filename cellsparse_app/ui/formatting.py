@@ -11,10 +11,11 @@ from cellsparse_app.project import ImageRecord, RoundRecord
 
 LEGEND_HTML = (
     '<div class="cs-legend">'
-    '<span><i style="background:#ff6347"></i>Foreground cell</span>'
+    '<span><i style="background:linear-gradient(90deg,#ff6347,#f5c542,#3cb44b,#a05cff)">'
+    '</i>Foreground cells (one colour each)</span>'
     '<span><i style="background:#286eff"></i>Background</span>'
     '<span><i style="background:#444;border:1px solid #999"></i>Unlabelled (ignored)</span>'
-    '<span><i style="background:#ffdd00"></i>SAM mask</span>'
+    '<span><i style="background:#ffdd00"></i>SAM mask / outline</span>'
     '<span><i style="background:#00e6ff"></i>Predicted</span>'
     '<span><i style="background:#ff3ce6"></i>Auto-mask candidate</span>'
     "</div>"

@@ -1,4 +1,5 @@
-"""Handlers of the Annotate tab: SAM clicks and boxes, accept, Background, brush, undo, delete.
+"""Handlers of the Annotate tab: SAM clicks and boxes, hand outlines, accept, Background, brush,
+eraser, undo, delete, zoom and pan.
 
 All return :func:`~cellsparse_app.ui.handlers_images.canvas_outputs` (canvas, status, counts,
 cells table) unless stated otherwise.
@@ -13,17 +14,50 @@ import gradio as gr
 
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.handlers_images import canvas_outputs
-from cellsparse_app.workspace import Workspace
+from cellsparse_app.workspace import CENTRE, Workspace
 
 logger = logging.getLogger(__name__)
 
 
+#: Pan buttons: ``(rows, cols)`` direction, in steps of half the visible crop.
+PAN_DIRECTIONS = {"left": (0, -1), "up": (-1, 0), "down": (1, 0), "right": (0, 1)}
+
+
 @friendly
 def click(ws: Workspace | None, mode: str, evt: gr.SelectData) -> tuple:
-    """A click on the canvas; Gradio gives ``evt.index = (x, y)`` in image pixels."""
+    """A click on the canvas; Gradio gives ``evt.index = (x, y)`` in canvas pixels, which the
+    workspace maps to the image (the canvas shows a crop when zoomed).
+
+    Returns:
+        :func:`canvas_outputs` + the brush editor (refreshed when a Centre click moved the view).
+    """
     ws = require(ws)
     x, y = (int(round(v)) for v in evt.index)
-    return canvas_outputs(ws.click(row=y, col=x, mode=mode))
+    row, col = ws.to_image(y, x)
+    view = ws.click(row=row, col=col, mode=mode)
+    return (*canvas_outputs(view), _editor_value(view.image) if mode == CENTRE else gr.skip())
+
+
+@friendly
+def zoom(ws: Workspace | None, factor: int) -> tuple:
+    """Zoom the canvas (and the brush editor) around the current centre."""
+    view = require(ws).set_zoom(int(factor))
+    return (*canvas_outputs(view), _editor_value(view.image))
+
+
+def pan_handler(direction: str):
+    """The handler of one pan button (``PAN_DIRECTIONS``): canvas outputs + brush editor."""
+    d_rows, d_cols = PAN_DIRECTIONS[direction]
+
+    @friendly
+    def pan(ws: Workspace | None) -> tuple:
+        ws = require(ws)
+        step_rows, step_cols = ws.viewport.step
+        view = ws.pan(d_rows * step_rows, d_cols * step_cols)
+        return (*canvas_outputs(view), _editor_value(view.image))
+
+    pan.__name__ = f"pan_{direction}"
+    return pan
 
 
 @friendly
@@ -72,6 +106,13 @@ def show_prediction(ws: Workspace | None, show: bool) -> tuple:
 
 
 @friendly
+def set_margin(ws: Workspace | None, px: float) -> str:
+    """The Background-margin slider moved: ring width around cells accepted from now on
+    (returns the status line)."""
+    return require(ws).set_margin(px)
+
+
+@friendly
 def select_cell_row(ws: Workspace | None, evt: gr.SelectData) -> tuple:
     """A row of the cells table was clicked: select that cell on the canvas."""
     ws = require(ws)
@@ -91,6 +132,13 @@ def _layers(editor_value: dict[str, Any] | None) -> list:
 def paint_background(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tuple:
     """Painted strokes of the brush editor become Background (cells are kept)."""
     view = require(ws).paint(_layers(editor_value), "background")
+    return (*canvas_outputs(view), _editor_value(view.image))
+
+
+@friendly
+def paint_foreground(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tuple:
+    """The painted area (holes filled: a drawn outline counts as the cell) becomes one cell."""
+    view = require(ws).paint(_layers(editor_value), "foreground")
     return (*canvas_outputs(view), _editor_value(view.image))
 
 

@@ -60,24 +60,37 @@ def image_outputs(ws: Workspace, view: CanvasView | None, *, go_annotate: bool =
 
 def start_session(ctx: AppContext) -> tuple[Workspace, str]:
     """A new browser session: its workspace and the SAM backend line."""
-    ws = ctx.new_workspace()
+    return ctx.new_workspace(), sam_line(ctx)
+
+
+def sam_line(ctx: AppContext) -> str:
+    """The header line naming the SAM backend (loads it on first use)."""
     try:
         headline, notice = ctx.sam_description()
     except Exception as exc:  # SAM is optional for everything but clicking; say why it is off
         logger.exception("SAM engine unavailable")
         headline = f"unavailable ({type(exc).__name__}: {exc}); use boxes and the brush"
         notice = None
-    return ws, fmt.sam_markdown(headline, notice)
+    return fmt.sam_markdown(headline, notice)
 
 
 @friendly
 def upload(ws: Workspace | None, files: list[Any] | None) -> tuple:
-    """Add uploaded files (PNG/JPEG/TIFF) to the project and show the first."""
+    """Add uploaded files (PNG/JPEG/TIFF) to the project and show the first one added.
+
+    Files that cannot be read are reported (a warning naming each) and skipped; the rest are
+    added. The upload box is emptied by the event chain in ``layout.py`` either way, so a bad
+    file never blocks the next upload.
+    """
     ws = require(ws)
     paths = [Path(f if isinstance(f, str) else f.name) for f in (files or [])]
-    ws.add_images(paths, names=[_original_name(p) for p in paths])
-    return image_outputs(ws, ws.view(f"Added {len(paths)} image(s): click a cell to start"),
-                         go_annotate=True)
+    ids, problems = ws.add_images(paths, names=[_original_name(p) for p in paths])
+    message = f"Added {len(ids)} image(s): click a cell to start"
+    if problems:
+        skipped = "; ".join(problems)
+        gr.Warning(f"Skipped {len(problems)} file(s) that could not be read: {skipped}")
+        message += f" · skipped {len(problems)} unreadable file(s): {skipped}"
+    return image_outputs(ws, ws.view(message), go_annotate=True)
 
 
 def load_example(ctx: AppContext):

@@ -12,6 +12,7 @@ from gradio.utils import get_upload_folder
 
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.ui.fields import optional_float, optional_int
 from cellsparse_app.ui.handlers_images import ANNOTATE_TAB, image_outputs
 from cellsparse_app.ui.handlers_train import rounds_outputs
 from cellsparse_app.workspace import SELECT, Workspace
@@ -34,27 +35,42 @@ def _slider(comparison: Any, right: str) -> tuple:
     return (comparison.input, picture), LEGENDS[right] if not note else "", note
 
 
+def predict_config(prob_threshold: Any = None, min_size: Any = None,
+                   flow_threshold: Any = None) -> Any:
+    """The ``PredictConfig`` of the Predict tab's fields. Empty fields keep the defaults, so an
+    untouched tab predicts exactly as ``cellsparse predict --model`` does: the model's own
+    calibrated thresholds and the same minimum size."""
+    from cellsparse_app.predict import PredictConfig
+
+    cfg = PredictConfig()
+    prob = optional_float(prob_threshold, "Probability threshold", low=0, high=1,
+                          low_inclusive=False)
+    if prob is not None:
+        if prob >= 1:
+            raise ValueError(f"Probability threshold must be below 1, got {prob:g}")
+        cfg = cfg.replace(prob_threshold=prob)
+    size = optional_int(min_size, "Min object size (px)", low=0)
+    if size is not None:
+        cfg = cfg.replace(min_size=size)
+    flow = optional_float(flow_threshold, "Flow error threshold", low=0)
+    if flow is not None:
+        cfg = cfg.replace(flow_threshold=flow)
+    return cfg
+
+
 @friendly
 def predict(
-    ws: Workspace | None, scope: str, prob_threshold: float | None, min_size: float | None,
-    right: str, flow_threshold: float | None = None, progress: gr.Progress = gr.Progress(),
+    ws: Workspace | None, scope: str, prob_threshold: Any, min_size: Any,
+    right: str, flow_threshold: Any = None, progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     """Predict with the active round. Outputs: slider, results text, legend, comparison text.
 
     ``flow_threshold`` is the Cellpose-style family's mask quality check (ignored by the others);
-    empty (``None``) uses the model's own, calibrated in training on the annotated objects. A
-    higher value (or 0, no check) keeps more masks; on irregular cells the check removes fragments.
+    empty uses the model's own, calibrated in training on the annotated objects. A higher value
+    (or 0, no check) keeps more masks; on irregular cells the check removes fragments.
     """
-    from cellsparse_app.predict import PredictConfig
-
     ws = require(ws)
-    cfg = PredictConfig()
-    if prob_threshold is not None and prob_threshold > 0:
-        cfg = cfg.replace(prob_threshold=float(prob_threshold))
-    if min_size is not None:
-        cfg = cfg.replace(min_size=int(min_size))
-    if flow_threshold is not None and flow_threshold >= 0:
-        cfg = cfg.replace(flow_threshold=float(flow_threshold))
+    cfg = predict_config(prob_threshold, min_size, flow_threshold)
     predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
     value, legend, note = _slider(comparison, right)
     text = fmt.prediction_markdown(predictions)
@@ -91,9 +107,11 @@ def _export_dir() -> Path:
 def export(ws: Workspace | None, source: str, scope: str, formats: list[str]) -> list[str]:
     """Write the chosen formats; returns the files for download."""
     ws = require(ws)
-    paths = ws.export(source, scope, list(formats or []), _export_dir())
-    gr.Info(f"Exported {len(paths)} file(s)")
-    return [str(p) for p in paths]
+    result = ws.export(source, scope, list(formats or []), _export_dir())
+    gr.Info(f"Exported {len(result.files)} file(s)")
+    if result.skipped:
+        gr.Warning("Skipped: " + "; ".join(result.skipped))
+    return [str(p) for p in result.files]
 
 
 @friendly

@@ -16,7 +16,8 @@ import pandas as pd
 
 from cellsparse_app.hitl import Notice
 from cellsparse_app.ui import formatting as fmt
-from cellsparse_app.ui.errors import friendly, require
+from cellsparse_app.ui.errors import friendly, require, to_gr_error
+from cellsparse_app.ui.fields import optional_float, optional_int
 from cellsparse_app.ui.handlers_images import canvas_outputs
 from cellsparse_app.workspace import Workspace
 
@@ -33,7 +34,8 @@ def loss_frame(curve: list[tuple[int, float]]) -> pd.DataFrame:
     """The loss curve as the LinePlot's data frame (thinned to :data:`PLOT_POINTS`)."""
     step = max(1, len(curve) // PLOT_POINTS)
     kept = curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])
-    return pd.DataFrame(kept, columns=["step", "loss"])
+    # 4 significant digits: the plot's axis then reads 1.283, not 1.283109.
+    return pd.DataFrame([(s, float(f"{loss:.4g}")) for s, loss in kept], columns=["step", "loss"])
 
 
 def rounds_outputs(ws: Workspace) -> tuple:
@@ -65,56 +67,76 @@ def stop(ws: Workspace | None) -> str:
     return fmt.status_markdown("Stopping after the current step; the model so far is kept…")
 
 
-def _int(value: float | None, name: str, low: int) -> int | None:
-    if value is None or value == "":
-        return None
-    if int(value) != value or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value}")
-    return int(value)
-
-
 def train_config(
-    family: str, seconds: float | None, steps: float | None, batch_size: float | None = None,
-    patch_size: float | None = None, learning_rate: float | None = None,
-    warmup_steps: float | None = None, seed: float | None = None,
+    family: str, seconds: Any, steps: Any, batch_size: Any = None, patch_size: Any = None,
+    learning_rate: Any = None, warmup_steps: Any = None, seed: Any = None,
 ) -> Any:
-    """A ``TrainConfig`` from the Train tab's fields (empty advanced fields keep the defaults);
-    exact steps win over the time budget."""
+    """A ``TrainConfig`` from the Train tab's fields: every empty field keeps its default (the
+    same ``TrainConfig()`` the CLI and API start from); exact steps win over the time budget."""
     from cellsparse_app.models.base import get_family
     from cellsparse_app.train import TrainConfig
 
     get_family(family)  # unknown names fail here, naming the known ones
-    n_steps = _int(steps, "steps", 1)
+    n_steps = optional_int(steps, "Exact steps", low=1)
+    budget = None if n_steps else optional_float(seconds, "Time budget (s)", low=0,
+                                                 low_inclusive=False)
     changes: dict[str, Any] = {
-        "family": family, "steps": n_steps,
-        "max_seconds": None if n_steps else (float(seconds) if seconds else None),
+        "family": family, "steps": n_steps, "max_seconds": None if n_steps else budget,
     }
     for name, value, low in (("batch_size", batch_size, 1), ("patch_size", patch_size, 16),
                              ("warmup_steps", warmup_steps, 0), ("seed", seed, 0)):
-        number = _int(value, name.replace("_", " "), low)
+        number = optional_int(value, name.replace("_", " ").capitalize(), low=low)
         if number is not None:
             changes[name] = number
-    if learning_rate:
-        changes["learning_rate"] = float(learning_rate)
+    rate = optional_float(learning_rate, "Learning rate", low=0, low_inclusive=False)
+    if rate is not None:
+        changes["learning_rate"] = rate
     return TrainConfig().replace(**changes)
 
 
-@friendly
+def _buttons(training: bool) -> tuple:
+    """(Train, Stop) button updates."""
+    return gr.update(interactive=not training), gr.update(interactive=training)
+
+
 def train(
-    ws: Workspace | None, family: str, start: str, seconds: float, steps: float | None,
-    batch_size: float | None = None, patch_size: float | None = None,
-    learning_rate: float | None = None, warmup_steps: float | None = None,
-    seed: float | None = None,
+    ws: Workspace | None, family: str, start: str, seconds: Any, steps: Any,
+    batch_size: Any = None, patch_size: Any = None, learning_rate: Any = None,
+    warmup_steps: Any = None, seed: Any = None,
 ) -> Generator[tuple, None, None]:
-    """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser."""
+    """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser,
+    Train button, Stop button.
+
+    Whatever happens -- settings refused, nothing annotated, a failure mid-run -- the last
+    update gives Train back and says why in the progress bar; the error is then shown as a
+    message (annotations and earlier rounds are never touched).
+    """
+    curve: list[tuple[int, float]] = []
+    try:
+        yield from _train(ws, family, start, seconds, steps, batch_size, patch_size,
+                          learning_rate, warmup_steps, seed, curve)
+    except Exception as exc:  # the edge of the app: every failure becomes a message
+        error = to_gr_error(exc)
+        yield (fmt.progress_html(None, f"not trained: {error.message} — annotations and earlier "
+                                 "rounds are kept", "failed"),
+               loss_frame(curve), gr.skip(), gr.skip(), *_buttons(False))
+        raise error from exc
+
+
+def _train(
+    ws: Workspace | None, family: str, start: str, seconds: Any, steps: Any, batch_size: Any,
+    patch_size: Any, learning_rate: Any, warmup_steps: Any, seed: Any,
+    curve: list[tuple[int, float]],
+) -> Generator[tuple, None, None]:
     ws = require(ws)
     cfg = train_config(family, seconds, steps, batch_size, patch_size, learning_rate,
                        warmup_steps, seed)
     budget = cfg.max_seconds
-    curve: list[tuple[int, float]] = []
     run = ws.train(cfg, continue_training=start == CONTINUE)
     last = 0.0
-    yield fmt.progress_html(0.0, "preparing data…"), loss_frame(curve), gr.skip(), gr.skip()
+    running = _buttons(True)
+    yield fmt.progress_html(0.0, "preparing data…"), loss_frame(curve), gr.skip(), gr.skip(), \
+        *running
     try:
         while True:
             try:
@@ -129,11 +151,8 @@ def train(
             if time.monotonic() - last >= UPDATE_EVERY:
                 last = time.monotonic()
                 fraction, text = fmt.progress_text(item, budget)
-                yield fmt.progress_html(fraction, text), loss_frame(curve), gr.skip(), gr.skip()
-    except Exception as exc:
-        yield (fmt.progress_html(None, f"failed: {exc} — annotations and earlier rounds are kept",
-                                 "failed"), loss_frame(curve), gr.skip(), gr.skip())
-        raise
+                yield fmt.progress_html(fraction, text), loss_frame(curve), gr.skip(), \
+                    gr.skip(), *running
     finally:
         run.close()  # a closed page stops the engine cleanly and still saves its model
     if record is None:
@@ -146,7 +165,7 @@ def train(
                 f"loss {record.final_loss:.4f} — now Predict")
         state = "done"
     yield fmt.progress_html(1.0 if state == "done" else None, text, state), loss_frame(curve), \
-        *rounds_outputs(ws)
+        *rounds_outputs(ws), *_buttons(False)
 
 
 @friendly

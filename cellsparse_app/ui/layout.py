@@ -21,22 +21,39 @@ from cellsparse_app.hitl import (
     family_advice,
     family_choices,
 )
+from cellsparse_app.predict import PredictConfig
+from cellsparse_app.margins import DEFAULT_MARGIN_PX
 from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui import handlers_annotate as ann
 from cellsparse_app.ui import handlers_images as img
 from cellsparse_app.ui import handlers_results as res
+from cellsparse_app.ui import handlers_session as ses
 from cellsparse_app.ui import handlers_train as trn
 from cellsparse_app.ui.context import AppContext
-from cellsparse_app.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
+from cellsparse_app.workspace import (
+    BACKGROUND_BOX,
+    BOX,
+    CENTRE,
+    ERASE,
+    NEGATIVE,
+    OUTLINE,
+    POSITIVE,
+    SELECT,
+    ZOOM_FACTORS,
+)
 
 logger = logging.getLogger(__name__)
 
 CLICK_CHOICES = [
     ("+ Cell point (SAM)", POSITIVE), ("− Exclude point", NEGATIVE),
     ("▭ Box around a cell (2 clicks)", BOX), ("▦ Background box (2 clicks)", BACKGROUND_BOX),
-    ("Select object", SELECT),
+    ("Select object", SELECT), ("✎ Outline a cell (click its border points)", OUTLINE),
+    ("⌫ Erase the cell / Background region clicked", ERASE),
+    ("⌖ Centre the zoomed view here", CENTRE),
 ]
+ZOOM_CHOICES = [(f"{z}×", z) for z in ZOOM_FACTORS]
+PAN_ARROWS = {"left": "←", "up": "↑", "down": "↓", "right": "→"}
 LOGO_SVG = (
     '<svg class="cs-logo" viewBox="0 0 32 32" width="28" height="28" aria-hidden="true">'
     '<circle cx="12" cy="13" r="9" fill="#14b8a6" opacity=".85"/>'
@@ -46,6 +63,8 @@ LOGO_SVG = (
 HELP = {
     "annotate": "Click a cell: SAM proposes its mask (yellow). **Accept as Foreground**, or refine "
                 "with more points. Mark **Background** with boxes, SAM masks or the brush. "
+                "Where SAM fails, ✎ outline the cell or paint it with the brush; zoom in for small "
+                "cells. "
                 "Unmarked pixels stay *unlabelled* and are ignored by training: a handful of "
                 "cells plus some background is enough.",
     "train": "Trains a network from scratch on your sparse annotations of all images. "
@@ -67,7 +86,9 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
     sam = {"concurrency_id": "sam", "concurrency_limit": s.sam_slots}
     with gr.Blocks(title="cellsparse — sparse-annotation cell segmentation",
                    delete_cache=(3600, 7200)) as demo:
-        state = gr.State(None, delete_callback=AppContext.close_workspace)
+        state = gr.State(None, delete_callback=ctx.release_workspace)
+        # The browser's key to its session folder: a reload comes back to the same work.
+        session_token = gr.BrowserState("", storage_key="cellsparse-session")
         with gr.Row(elem_classes="cs-header"):
             gr.HTML(f"<h1>{LOGO_SVG}cellsparse</h1><span class='cs-tagline'>a cell-segmentation "
                     "model for your images, from a handful of clicks</span>")
@@ -105,6 +126,15 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                     buttons=["fullscreen", "download"],
                                     placeholder="Upload an image or load the example (left)",
                                 )
+                                with gr.Row(equal_height=True):
+                                    zoom = gr.Radio(ZOOM_CHOICES, value=1, scale=3,
+                                                    label="Zoom (full resolution)",
+                                                    elem_id="cs-zoom")
+                                    pan_btns = {
+                                        d: gr.Button(arrow, size="sm", scale=0, min_width=44,
+                                                     elem_id=f"cs-pan-{d}")
+                                        for d, arrow in PAN_ARROWS.items()
+                                    }
                                 gr.HTML(fmt.LEGEND_HTML)
                             with gr.Column(scale=2, min_width=280):
                                 mode = gr.Radio(CLICK_CHOICES, value=POSITIVE,
@@ -120,6 +150,10 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                                            variant="stop", elem_id="cs-delete")
                                 status = gr.Markdown("", elem_id="cs-status")
                                 summary = gr.Markdown("", elem_id="cs-summary")
+                                margin = gr.Slider(0, 12, value=DEFAULT_MARGIN_PX, step=1,
+                                                   label="Background margin around accepted "
+                                                   "cells (px, 0 = off)", elem_id="cs-margin",
+                                                   info="Shows the model where cells end")
                                 with gr.Accordion("More: automatic masks, predictions", open=False):
                                     auto_btn = gr.Button("Segment everything (SAM auto masks)",
                                                          size="sm")
@@ -127,15 +161,18 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                     pred_all_btn = gr.Button("Accept all predicted objects",
                                                              size="sm")
                                     show_pred = gr.Checkbox(True, label="Show prediction outlines")
-                                with gr.Accordion("Paint Background with a brush", open=False) \
-                                        as brush_acc:
+                                with gr.Accordion("Brush: paint Background, a cell, or erase",
+                                                  open=False) as brush_acc:
                                     editor = gr.ImageEditor(
-                                        label="Paint, then apply", type="numpy", height=420,
+                                        label="Paint (a cell: fill it or draw its outline), then "
+                                              "apply", type="numpy", height=420,
                                         brush=gr.Brush(colors=["#286eff"], color_mode="fixed"),
                                         layers=False, transforms=(), sources=(),
                                     )
                                     with gr.Row():
                                         paint_bg_btn = gr.Button("Painted → Background", size="sm")
+                                        paint_fg_btn = gr.Button("Painted → one Foreground cell",
+                                                                 size="sm", elem_id="cs-paint-fg")
                                         paint_erase_btn = gr.Button("Painted → unlabelled",
                                                                     size="sm")
                                 cells = gr.Dataframe(headers=fmt.CELL_COLUMNS, label="Annotated "
@@ -155,22 +192,24 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                             seconds = gr.Slider(5, s.max_train_seconds, step=5,
                                                 value=DEFAULT_SECONDS[default_device()],
                                                 label="Time budget (s)", elem_id="cs-seconds")
-                            steps = gr.Number(None, label="or exact steps (empty: time budget)",
-                                              precision=0, minimum=1, elem_id="cs-steps")
+                            steps = gr.Textbox("", label="or exact steps",
+                                               placeholder="empty: train for the time budget",
+                                               elem_id="cs-steps")
                         with gr.Accordion("Advanced training settings", open=False):
                             defaults = TrainConfig()
                             with gr.Row():
+                                # No ``minimum=``: Gradio would refuse the event before the
+                                # handler runs; ui.fields checks and names the field instead.
                                 batch = gr.Number(defaults.batch_size, label="Batch size",
-                                                  precision=0, minimum=1, elem_id="cs-batch")
+                                                  precision=0, elem_id="cs-batch")
                                 patch = gr.Number(defaults.patch_size, label="Patch size (px)",
-                                                  precision=0, minimum=16, elem_id="cs-patch")
-                                lr = gr.Number(defaults.learning_rate,
-                                               label="Learning rate (empty: the model's default)",
-                                               minimum=0)
+                                                  precision=0, elem_id="cs-patch")
+                                lr = gr.Textbox("", label="Learning rate",
+                                                placeholder="empty: the model's default",
+                                                elem_id="cs-lr")
                                 warmup = gr.Number(defaults.warmup_steps, label="Warm-up steps",
-                                                   precision=0, minimum=0, elem_id="cs-warmup")
-                                seed = gr.Number(defaults.seed, label="Seed", precision=0,
-                                                 minimum=0)
+                                                   precision=0, elem_id="cs-warmup")
+                                seed = gr.Number(defaults.seed, label="Seed", precision=0)
                         gr.Markdown(describe_device(), elem_id="cs-device")
                         with gr.Row():
                             train_btn = gr.Button("Train", variant="primary", elem_id="cs-train")
@@ -195,14 +234,16 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                         with gr.Row():
                             scope = gr.Radio([("This image", "current"), ("All images", "all")],
                                              value="current", label="Predict")
-                            prob = gr.Number(0, label="Probability threshold (0: model default)",
-                                             minimum=0, maximum=1, step=0.05)
-                            min_size = gr.Number(15, label="Min object size (px)", precision=0,
-                                                 minimum=0)
-                            flow_qc = gr.Number(None, label="Flow error threshold (Cellpose-style "
-                                                "check; empty: the model's calibrated value, "
-                                                "higher keeps more masks, 0 keeps all)",
-                                                minimum=0, step=0.1)
+                            prob = gr.Textbox("", label="Probability threshold",
+                                              placeholder="empty: the model's calibrated value",
+                                              elem_id="cs-prob")
+                            min_size = gr.Number(PredictConfig().min_size,
+                                                 label="Min object size (px)", precision=0,
+                                                 elem_id="cs-min-size")
+                            flow_qc = gr.Textbox("", label="Flow error threshold (Cellpose-style "
+                                                 "check: higher keeps more masks, 0 keeps all)",
+                                                 placeholder="empty: the model's calibrated value",
+                                                 elem_id="cs-flow-threshold")
                         with gr.Row():
                             predict_btn = gr.Button("Predict", variant="primary",
                                                     elem_id="cs-predict")
@@ -250,7 +291,8 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         image_out = [image_dd, image_info, channels, low, high, tabs, *canvas_out]
         rounds_out = [rounds, round_dd]
 
-        demo.load(lambda: img.start_session(ctx), None, [state, sam_md])
+        demo.load(ses.restore_session(ctx), [session_token],
+                  [state, sam_md, session_token, *image_out, *rounds_out])
         warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], **sam)
         # Clear the upload box afterwards: the next upload then adds only the new files.
         files.upload(img.upload, [state, files], image_out).then(
@@ -263,8 +305,13 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         # Clicks skip the queue: one direct request instead of join + event stream halves the
         # click -> overlay time (measured in the browser test); SamAnnotator is thread-safe and
         # a click only decodes (the embedding is computed beforehand in the "sam" group).
-        canvas.select(ann.click, [state, mode], canvas_out, trigger_mode="multiple",
+        canvas.select(ann.click, [state, mode], [*canvas_out, editor], trigger_mode="multiple",
                       show_progress="hidden", queue=False)
+        # Zooming and panning also put the new crop under the brush: strokes map to the image.
+        zoom.input(ann.zoom, [state, zoom], [*canvas_out, editor], show_progress="hidden")
+        for direction, pan_btn in pan_btns.items():
+            pan_btn.click(ann.pan_handler(direction), [state], [*canvas_out, editor],
+                          show_progress="hidden")
         for button, handler in ((fg_btn, ann.accept_foreground), (bg_btn, ann.accept_background),
                                 (clear_btn, ann.clear_prompts), (undo_btn, ann.undo),
                                 (delete_btn, ann.delete_selected),
@@ -273,14 +320,20 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
             button.click(handler, [state], canvas_out, show_progress="hidden")
         auto_btn.click(ann.auto_masks, [state], canvas_out, **sam)
         show_pred.input(ann.show_prediction, [state, show_pred], canvas_out)
+        margin.input(ann.set_margin, [state, margin], [status], show_progress="hidden",
+                     queue=False)
         cells.select(ann.select_cell_row, [state], canvas_out)
         brush_acc.expand(ann.load_brush_editor, [state], [editor])
         paint_bg_btn.click(ann.paint_background, [state, editor], [*canvas_out, editor])
+        paint_fg_btn.click(ann.paint_foreground, [state, editor], [*canvas_out, editor])
         paint_erase_btn.click(ann.paint_erase, [state, editor], [*canvas_out, editor])
 
+        # The run itself gives Train back in its last update (done, stopped or refused); the
+        # trailing disarm covers a run that never started (e.g. the queue was full).
         train_btn.click(trn.arm, [state], [train_btn, stop_btn, progress]).success(
             trn.train, [state, family, start, seconds, steps, batch, patch, lr, warmup, seed],
-            [progress, loss_plot, *rounds_out], show_progress="hidden", **gpu,
+            [progress, loss_plot, *rounds_out, train_btn, stop_btn], show_progress="hidden",
+            **gpu,
         ).then(trn.disarm, None, [train_btn, stop_btn])
         stop_btn.click(trn.stop, [state], [stop_md], concurrency_limit=None)
         rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out])

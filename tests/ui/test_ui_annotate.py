@@ -63,6 +63,7 @@ def test_negative_point_and_box_prompts(example_ws, example_truth, inner_point, 
 def test_background_box_select_delete_undo(example_ws, example_truth, inner_point, click_at,
                                            pixels):
     ws = example_ws
+    ws.set_margin(0)  # only the box marks Background here (tests/ui/test_ui_margin.py: the ring)
     _click(ws, POSITIVE, inner_point(example_truth, 8), click_at)
     ann.accept_foreground(ws)
     _click(ws, BACKGROUND_BOX, (0, 0), click_at)

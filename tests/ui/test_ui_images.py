@@ -77,11 +77,18 @@ def test_bad_files_give_readable_errors_and_lose_nothing(ctx, ws, tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(good)
+    with pytest.warns(UserWarning, match="Skipped 1 file.*broken.png: cannot decode"):
+        out = img.upload(ws, [str(bad), str(good)])  # the bad file is skipped, not fatal
+    assert [r.name for r in ws.project.images][1:] == ["good"]
+    assert ws.project.record(ws.current).name == "good"
+    assert "skipped 1 unreadable file" in out[STATUS]
     with pytest.raises(gr.Error, match="broken.png: cannot decode"):
-        img.upload(ws, [str(good), str(bad)])  # one bad file: none is added
+        img.upload(ws, [str(bad)])  # nothing readable: an error, nothing changes
     with pytest.raises(gr.Error, match="no file given"):
         img.upload(ws, [])
-    assert len(ws.project.images) == 1  # the example is still there
+    assert len(ws.project.images) == 2  # the example and good.png are still there
+    out = img.upload(ws, [str(good)])  # the next upload works
+    assert len(ws.project.images) == 3
 
 
 def test_two_users_do_not_see_each_other(ctx):
@@ -104,3 +111,26 @@ def test_core_never_imports_gradio():
             "cellsparse_app.render; print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_opening_a_project_while_auto_mask_candidates_are_shown(ctx, ws, tmp_path, pixels):
+    """The candidates of the shown image belong to it: opening a project with images of another
+    size used to raise 'boolean index did not match' on the next view."""
+    from PIL import Image
+
+    from cellsparse_app.ui import handlers_annotate as ann
+    from cellsparse_app.ui import handlers_results as res
+
+    other, _ = img.start_session(ctx)
+    tall = tmp_path / "tall.png"
+    Image.fromarray((np.arange(488 * 256).reshape(488, 256) % 251).astype(np.uint8)).save(tall)
+    img.upload(other, [str(tall)])
+    saved = res.save_project(other)
+    img.load_example(ctx)(ws)
+    ann.auto_masks(ws)
+    assert ws.candidates is not None and ws.candidates.shape == (360, 360)
+    out = res.load_project(ws, saved)
+    assert ws.candidates is None
+    assert pixels(out[CANVAS]).shape[:2] == (488, 256)
+    ann.show_prediction(ws, True)  # any later view works too
+    other.close()

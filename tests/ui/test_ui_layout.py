@@ -30,7 +30,10 @@ def _fns(demo):
 def test_state_is_per_session_not_global(demo):
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert len(states) == 1 and states[0].value is None  # filled per session by demo.load
-    assert states[0].delete_callback == AppContext.close_workspace
+    # A closed page releases its workspace; the folder stays for a reload (test_ui_session).
+    assert states[0].delete_callback.__func__ is AppContext.release_workspace
+    tokens = [b for b in demo.blocks.values() if isinstance(b, gr.BrowserState)]
+    assert len(tokens) == 1 and tokens[0].default_value == ""  # set by the server on load
 
 
 def test_training_and_prediction_share_the_gpu_queue(demo):

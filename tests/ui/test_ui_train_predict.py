@@ -118,7 +118,13 @@ def test_exports_are_readable_and_agree(trained, tmp_path):
     sparse = res.export(ws, "annotations", "current", ["sparse"])
     ann = tifffile.imread(sparse[0])
     assert ann.dtype == np.int32 and ann.min() == -1 and ann.max() == 5
-    with pytest.raises(gr.Error, match="only for annotations"):
+    # Every format ticked: all that apply are written, the sparse TIFF is skipped with why.
+    from cellsparse_app.hitl import EXPORT_FORMATS
+
+    with pytest.warns(UserWarning, match="Skipped: Sparse annotation TIFF.*only for 'My annot"):
+        every = res.export(ws, "prediction", "current", list(EXPORT_FORMATS))
+    assert len(every) == len(EXPORT_FORMATS) - 1
+    with pytest.raises(gr.Error, match="nothing exported: Sparse annotation TIFF"):
         res.export(ws, "prediction", "current", ["sparse"])
     with pytest.raises(gr.Error, match="choose export formats"):
         res.export(ws, "prediction", "current", [])
@@ -222,9 +228,13 @@ def test_train_settings_are_parsed_and_checked():
     assert (cfg.steps, cfg.max_seconds, cfg.batch_size, cfg.patch_size) == (None, 90.0, 4, 64)
     assert (cfg.learning_rate, cfg.warmup_steps, cfg.seed) == (0.001, 10, 3)
     assert trn.train_config("cellpose", 90, 25).max_seconds is None  # exact steps win
-    with pytest.raises(ValueError, match="patch size must be a whole number >= 16"):
+    with pytest.raises(ValueError, match="Patch size must be >= 16"):
         trn.train_config("cellpose", 90, None, 4, 8)
-    with pytest.raises(ValueError, match="steps must be a whole number"):
+    with pytest.raises(ValueError, match="Exact steps must be a whole number"):
         trn.train_config("cellpose", 90, 2.5)
+    with pytest.raises(ValueError, match="Exact steps must be >= 1 .*got 0"):
+        trn.train_config("cellpose", 90, "0")
+    with pytest.raises(ValueError, match="Learning rate must be a number .*got 'fast'"):
+        trn.train_config("cellpose", 90, None, learning_rate="fast")
     with pytest.raises(ValueError, match="unknown model family 'nope'"):
         trn.train_config("nope", 90, 10)
