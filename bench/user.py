@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -94,7 +95,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[UserSettings, bool]:
 
 
 def load_samples(data: str, crop: int | None = None) -> list[Any]:
-    """Samples of a data set name (``../shared/data``) or ``.npz`` path, optionally centre-cropped."""
+    """Samples of a data set name (in ``../shared/data``) or an ``.npz`` path, optionally
+    centre-cropped to ``crop`` x ``crop``."""
     from cellsparse_app.datasets import Sample, load_dataset
     from cellsparse_app.labels import relabel_sequential
 
@@ -258,13 +260,14 @@ def train_and_score(ws: Any, cfg: Any, test_ids: Sequence[str], truths: Sequence
     except StopIteration as finished:
         record = finished.value
     train_s = time.perf_counter() - t0
+    load = round(os.getloadavg()[0], 2)  # training under time budget: fewer steps on a busy box
     if record is None:
         raise RuntimeError("training stopped before its first step")
     hitl.predict_images(ws.project, list(test_ids), PredictConfig())
     preds = [ws.project.prediction(i) for i in test_ids]
     ev = evaluate_many(truths, preds, (0.5, 0.75))
     return {"ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": round(train_s, 1),
-            "steps": record.steps, "n_pred": ev["n_pred"], "notices": notices}
+            "steps": record.steps, "n_pred": ev["n_pred"], "load": load, "notices": notices}
 
 
 def run_seed(train: Sequence[Any], test: Sequence[Any], settings: UserSettings, seed: int,
@@ -353,8 +356,9 @@ def report(rows: Sequence[dict[str, Any]], settings: UserSettings) -> str:
         f"{_mean_std(rows, 'band_steps', 0)} |", "",
         f"user / band AP@0.5: {_ratio(rows, 'ap50')} (ratio of the means; per seed "
         f"{', '.join(f'{x:.2f}' for x in ratio)}); AP@0.75: {_ratio(rows, 'ap75')}", "",
-        f"cells annotated {sum(r['cells'] for r in rows)} of {sum(r['cells_requested'] for r in rows)}"
-        f" requested; paths: " + ", ".join(f"{p} {n}" for p, n in paths.items())
+        f"cells annotated {sum(r['cells'] for r in rows)} of "
+        f"{sum(r['cells_requested'] for r in rows)} requested; paths: "
+        + ", ".join(f"{p} {n}" for p, n in paths.items())
         + f"; Accept pressed twice {sum(r['second_press'] for r in rows)}x; accepted-mask IoU "
         f"median {_mean_std(rows, 'mask_iou_median')}; Workspace.outline "
         f"{'used' if rows[0]['outline_api'] else 'MISSING (true mask set as preview)'}.",

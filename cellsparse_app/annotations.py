@@ -32,7 +32,7 @@ from cellsparse_app.labels import (
     relabel_sequential,
     validate_labels,
 )
-from cellsparse_app.margins import background_ring
+from cellsparse_app.margins import background_ring, object_rings
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +273,7 @@ class LabelEditor:
             added.append(next_id)
             accepted.append(obj)
             next_id += 1
-        for obj in accepted if margin else ():
-            new[background_ring(instances == obj, margin, new, (instances, *others))] = BACKGROUND
+        new[object_rings(instances, accepted, margin, new, others)] = BACKGROUND
         if added:
             self._commit(new)
         return added

@@ -23,7 +23,8 @@ CLOSE_GAPS_PX = 4
 
 
 def polygon_mask(points_rc: Sequence[tuple[float, float]], shape: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask of the polygon through ``points_rc`` (closed; its border pixels included).
+    """Boolean mask of the closed polygon through ``points_rc``: the pixels whose centre lies
+    inside it or on its edges (clicked border pixels belong to the cell).
 
     Args:
         points_rc: at least three vertices ``(row, col)``; vertices outside the image are
@@ -40,7 +41,7 @@ def polygon_mask(points_rc: Sequence[tuple[float, float]], shape: tuple[int, ...
         raise ValueError(f"outline points must be finite (row, col) pairs, got shape {pts.shape}")
     if len(pts) < 3:
         raise ValueError(f"an outline needs at least 3 points, got {len(pts)}")
-    mask = polyline_mask(np.vstack([pts, pts[:1]]), shape)
+    mask = np.zeros((int(shape[0]), int(shape[1])), dtype=bool)
     rr, cc = polygon(pts[:, 0], pts[:, 1], shape=mask.shape)
     mask[rr, cc] = True
     return mask

@@ -327,9 +327,10 @@ class Workspace(RoundsMixin):
                 n, what = editor.add_background(mask), "Background"
             elif kind == "erase":
                 n, what = editor.unlabel(mask), "unlabelled"
-            elif kind == "foreground":
-                cell = drawing.filled_cell(mask)
-                n, what = int(cell.sum()), f"Foreground (cell {editor.add_foreground(cell)})"
+            elif kind == "foreground":  # accepted as a preview would be (margin, size check)
+                self._reset_prompts()
+                self.prompts.preview = drawing.filled_cell(mask)
+                return self.accept_foreground()
             else:
                 raise ValueError(f"unknown paint kind {kind!r} (background, erase or foreground)")
             self.project.edited(image_id)

@@ -15,6 +15,7 @@ from cellsparse_app.margins import (
     background_ring,
     cells_near_background,
     check_margin,
+    object_rings,
 )
 
 SHAPE = (64, 64)
@@ -137,6 +138,28 @@ def test_accept_objects_rings_every_object_without_covering_the_others():
     near = (distance_to(objects == 1) <= 3) | (distance_to(objects == 2) <= 3)
     np.testing.assert_array_equal(ring, near & (objects == 0) & (candidates == 0))
     assert ed.undo() and (ed.labels == -1).all()
+
+
+def test_object_rings_match_one_ring_per_object_on_its_bounding_box():
+    objects = np.zeros(SHAPE, np.uint32)
+    objects[disk((6, 6), 5)] = 4  # at the image's corner
+    objects[disk((30, 30), 9)] = 9
+    objects[disk((30, 50), 6)] = 2
+    labels = empty_labels(SHAPE)
+    labels[:, 60:] = 0
+    candidate = np.zeros(SHAPE, np.int32)
+    candidate[disk((46, 30), 4)] = 1  # 2 px below object 9
+    others = [candidate]
+    rings = object_rings(objects, [4, 9], 5, labels, others)
+    expected = np.zeros(SHAPE, bool)
+    for obj in (4, 9):
+        expected |= background_ring(objects == obj, 5, labels, [objects, *others])
+    np.testing.assert_array_equal(rings, expected)
+    assert rings.any() and not (rings & (objects == 2)).any() and not rings[:, 60:].any()
+    assert not (rings & (candidate > 0)).any()
+    assert (background_ring(objects == 9, 5, labels) & (candidate > 0)).any()
+    assert not object_rings(objects, [4, 9], 0, labels).any()
+    assert not object_rings(objects, [], 4, labels).any()
 
 
 def test_cells_near_background_rule():

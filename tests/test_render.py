@@ -79,3 +79,35 @@ def test_box_mask_and_boundaries():
     lab[1:4, 1:4] = 1
     b = render.boundaries(lab)
     assert b.sum() == 8 and not b[2, 2]
+
+
+def test_annotation_overlay_window_draws_the_crop_in_its_coordinates():
+    display = np.full((120, 100, 3), 100, np.uint8)
+    labels = np.full((120, 100), -1, np.int32)
+    labels[:, :50] = 0  # left half Background
+    labels[60:80, 40:70] = 1  # a cell cut by the window's left edge (col 45)
+    window = (slice(50, 90), slice(45, 85))
+    point, vertices = (70, 80), [(55, 60), (55, 75), (85, 75)]
+    kw = dict(points=[point], point_labels=[0], outline=vertices, window=window)
+    out = render.annotation_overlay(display, labels, **kw)
+    assert out.shape == (40, 40, 3)
+    assert (out[85 - 50, 50 - 45] == 100).all()  # an unlabelled pixel shows the plain image
+    bg = out[:8, :5].reshape(-1, 3)  # image rows 50-57, cols 45-49: Background
+    assert (bg[:, 2] > bg[:, 0] + 40).all()
+    assert tuple(out[70 - 50, 80 - 45]) == render.NEGATIVE_RGB  # the point, shifted
+    assert tuple(out[55 - 50, 60 - 45]) == render.PREVIEW_RGB  # an outline vertex
+    assert tuple(out[55 - 50, 68 - 45]) == render.SELECTED_RGB  # the line between vertices
+    # A box outside the window draws nothing in it.
+    assert (render.annotation_overlay(display, labels, box=(0, 0, 10, 10), **kw) == out).all()
+    # The cell's outline follows its own edges, not the window's edge (image col 45).
+    assert (out[70 - 50, 0] == out[70 - 50, 1]).all()
+    assert (out[60 - 50, 3] != out[70 - 50, 3]).any()  # its top edge (row 60) is an outline
+
+
+def test_polyline_and_boxes_outside_the_image_are_clipped():
+    from cellsparse_app.drawing import polyline_mask
+
+    line = polyline_mask([(2, -5), (2, 5), (12, 5)], (10, 10))
+    assert line[2, :6].all() and line[2:, 5].all() and line.sum() == 6 + 7
+    assert not render.box_mask((10, 10), (-8, -8, -2, -2)).any()  # entirely above/left
+    assert render.box_mask((10, 10), (-3, -3, 1, 1)).sum() == 4

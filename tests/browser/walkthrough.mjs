@@ -1,7 +1,9 @@
 // Real-browser walk-through of the cellsparse web app (Debian's Chromium driven by playwright-core).
 //
-// upload the example -> click nuclei (SAM) -> accept Foreground -> Background box -> short training
-// (+ a stopped run) -> predict -> compare -> export, asserting on what the page shows, saving
+// The first-time user's default path, no field touched: load the example -> a refused training
+// gives Train back -> click nuclei (SAM) -> accept Foreground -> Background box -> reload (the
+// session comes back) -> Train on the defaults (+ a stopped run) -> predict -> AP against the
+// example's ground truth -> compare -> export; asserting on what the page shows, saving
 // screenshots and downloading the exported files for the pytest wrapper to check.
 //
 // Input (environment): APP_URL, PLAN (JSON file: image path, clicks, background box, training
@@ -118,6 +120,12 @@ async function download(linkLocator, into) {
   return [...new Set(saved)];
 }
 
+async function closeToasts() {
+  for (const button of await page.locator(".toast-close").all()) {
+    await button.click().catch(() => {});
+  }
+}
+
 try {
   // 1. Open the app: the SAM backend line says which engine answers (fallback offline).
   await page.goto(APP_URL, { waitUntil: "domcontentloaded" });
@@ -125,18 +133,31 @@ try {
   results.sam_status = sam;
   step("page loaded", { sam });
 
-  // 2. Upload the bundled example through the file input.
-  await page.locator("#cs-upload input[type=file]").setInputFiles(plan.image);
+  // 2. Load the bundled example (with its ground truth, so the page shows AP against it).
+  await page.locator("#cs-example").click();
   await page.waitForSelector("#canvas img", { timeout: 60_000 });
   const info = await waitText("#cs-image-info", /\d+×\d+ px/);
   check(info.includes(`${plan.width}×${plan.height}`), `image info shows the size: ${info}`);
   await waitText("#cs-status", /SAM ready/, 120_000); // embedding computed before clicking
   const size = await page.locator("#canvas img").evaluate((i) => [i.naturalWidth, i.naturalHeight]);
   check(size[0] === plan.width && size[1] === plan.height, `canvas is ${size}`);
-  await shot("01_uploaded.png");
-  step("uploaded", { info });
+  await shot("01_example.png");
+  step("example loaded", { info });
 
-  // 3. Click nuclei -> SAM mask preview -> Accept as Foreground.
+  // 3. A refused training (nothing annotated yet) says why and gives Train back.
+  await openTab("② Train");
+  await page.locator("#cs-train").click();
+  const refused = await waitText("#cs-progress", /not trained: .*nothing to train on/, 60_000);
+  await page.waitForFunction(() => !document.querySelector("#cs-train")?.disabled, null,
+    { timeout: 30_000 });
+  check(await page.locator("#cs-train").isEnabled(), "Train is usable again after a refusal");
+  results.refused_training = refused;
+  await closeToasts();
+  step("refused training gave Train back", { progress: refused });
+  await openTab("① Annotate");
+
+  // 4. Click nuclei -> SAM mask preview -> Accept as Foreground (a background margin is
+  //    added around each accepted cell by default).
   for (const [k, [row, col]] of plan.clicks.entries()) {
     const ms = await timedCanvasClick(row, col);
     const status = await waitText("#cs-status", /mask: \d+ px/);
@@ -146,7 +167,7 @@ try {
     step(`cell ${k + 1} accepted`, { latency_ms: Math.round(ms), status, summary });
   }
 
-  // 4. Mark Background with a two-click box.
+  // 5. Mark Background with a two-click box.
   await chooseRadio("cs-mode", "Background box");
   const [r0, c0, r1, c1] = plan.background_box;
   await page.mouse.click(...Object.values(await canvasPoint(r0, c0)));
@@ -159,26 +180,29 @@ try {
   await shot("03_annotated.png");
   step("background marked", { summary: bg });
 
-  // 5. Train (exact steps), watching the progress bar and the live loss curve.
+  // 6. A reload comes back to the same session: image, cells and background are kept.
+  await page.reload({ waitUntil: "domcontentloaded" });
+  const back = await waitText("#cs-status", /Welcome back/, 60_000);
+  const kept = await waitText("#cs-summary", new RegExp(`^${plan.clicks.length} Foreground cell`));
+  check(kept === bg, `the reload keeps the annotation: ${kept} vs ${bg}`);
+  results.after_reload = { status: back, summary: kept };
+  step("reloaded", { status: back, summary: kept });
+
+  // 7. Train without touching any field (the default time budget), watching the progress bar
+  //    and the live loss curve.
   await openTab("② Train");
-  await page.getByText("Advanced training settings").click();
-  for (const [id, value] of Object.entries(plan.train_settings)) {
-    await page.locator(`#${id} input`).fill(String(value));
-  }
-  await page.locator("#cs-steps input").fill(String(plan.train_steps));
   await page.locator("#cs-train").click();
   await page.waitForSelector("#cs-progress [data-state=running]", { timeout: 120_000 });
   await page.waitForFunction(() => !!document.querySelector("#cs-loss canvas, #cs-loss svg"),
     null, { timeout: 120_000 });
   await shot("04_training.png");
-  await page.waitForSelector("#cs-progress [data-state=done]", { timeout: 240_000 });
+  await page.waitForSelector("#cs-progress [data-state=done]", { timeout: 480_000 });
   const trained = await text("#cs-progress");
   check(/Done: round 1/.test(trained), `progress says done: ${trained}`);
   await shot("05_trained.png");
-  step("trained", { progress: trained });
+  step("trained on the defaults", { progress: trained });
 
-  // 6. A second run stopped by the user keeps its model as a round.
-  await page.locator("#cs-steps input").fill("");
+  // 8. A second run stopped by the user keeps its model as a round.
   await page.locator("#cs-train").click();
   await waitText("#cs-progress", /step \d+/, 120_000); // the engine is stepping
   await page.locator("#cs-stop").click();
@@ -197,7 +221,7 @@ try {
     document.querySelector("#cs-rounds")?.innerText || ""), null, { timeout: 30_000 });
   step("rolled back to round 1");
 
-  // 7. Predict and compare.
+  // 9. Predict (every field untouched) and compare.
   await openTab("③ Predict & compare");
   await page.locator("#cs-predict").click();
   const pred = await waitText("#cs-pred-summary", /\d+\*?\*? objects/, 180_000);
@@ -206,22 +230,25 @@ try {
   results.prediction_summary = pred;
   check(count >= 1, `the model finds objects: ${pred}`);
   check(/AP50 on your annotations \d/.test(pred), `AP against the annotations is shown: ${pred}`);
+  const truthAp = pred.match(/AP50 vs ground truth\s*\**([\d.]+)/);
+  check(truthAp, `AP against the example's ground truth is shown: ${pred}`);
+  results.ap50_truth = Number(truthAp[1]);
   await page.waitForFunction(() => document.querySelectorAll("#cs-slider img").length >= 2);
   await shot("06_predicted.png");
   await chooseRadio("cs-right", "Errors");
-  const cmp = await waitText("#cs-compare", /Errors vs your annotations: AP50/);
+  const cmp = await waitText("#cs-compare", /Errors vs (ground truth|your annotations): AP50/);
   results.compare_summary = cmp;
   await shot("07_errors.png");
   step("predicted", { objects: count, compare: cmp });
 
-  // 8. Correct: accept every predicted object in Annotate.
+  // 10. Correct: accept every predicted object in Annotate.
   await page.locator("#cs-correct").click();
   await page.getByText("More: automatic masks, predictions").click();
   await page.getByRole("button", { name: "Accept all predicted objects" }).click();
   const corrected = await waitText("#cs-status", /Accepted \d+ object/);
   step("corrected", { status: corrected });
 
-  // 9. Export masks, the model and the project; download every file.
+  // 11. Export masks, the model and the project; download every file.
   await openTab("④ Export");
   await page.locator("#cs-export").click();
   await page.waitForFunction(() =>
@@ -237,15 +264,29 @@ try {
   await shot("08_exported.png");
   step("exported", { files: results.files });
 
-  // 10. Another browser tab is another user: it sees none of this session's data.
-  const other = await context.newPage();
+  // 12. Another tab of the same browser is the same session; another browser is another user
+  //     (it sees none of this session's data) and can upload its own image.
+  const tab = await context.newPage();
+  await tab.goto(APP_URL, { waitUntil: "domcontentloaded" });
+  await tab.waitForFunction(() => /Welcome back/.test(
+    document.querySelector("#cs-status")?.innerText || ""), null, { timeout: 60_000 });
+  await tab.close();
+  const otherBrowser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const other = await (await otherBrowser.newContext()).newPage();
   await other.goto(APP_URL, { waitUntil: "domcontentloaded" });
   await other.waitForFunction(() => /Segment Anything:\s*(?!loading)\S/.test(
     document.querySelector("#cs-sam-status")?.innerText || ""));
   const otherInfo = (await other.locator("#cs-image-info").innerText()).trim();
-  check(otherInfo === "No image yet.", `a second session starts empty: ${otherInfo}`);
-  await other.close();
-  step("second session isolated");
+  check(otherInfo === "No image yet.", `a second user starts empty: ${otherInfo}`);
+  await other.locator("#cs-upload input[type=file]").setInputFiles(plan.image);
+  await other.waitForFunction(() => /\d+×\d+ px/.test(
+    document.querySelector("#cs-image-info")?.innerText || ""), null, { timeout: 60_000 });
+  await otherBrowser.close();
+  step("same browser restored, another browser isolated");
 
   results.error_toasts = await errorToasts();
   results.ok = true;
