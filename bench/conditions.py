@@ -13,6 +13,8 @@ Sugawara 2023's experiment on dense ground truth (0 background, 1..N cells):
   - ``bg``: sparse + background. The selected objects, plus **all background pixels of the dense
     ground truth** annotated as background; every other object is unlabelled (-1). This is the
     generous end of background annotation: in the app a user paints some background regions.
+  - ``band``: sparse + a :data:`BAND_PX`-px background ring around each selected object (true
+    background only), the way a person annotates a few cells and the background next to them.
   - ``nobg``: sparse, no background: only the selected objects are labelled, everything else -1.
   - ``naive``: naive partial training, what stock Cellpose does with partial masks: the selected
     objects, and every other pixel *counted as background* (0), unannotated cells included.
@@ -31,10 +33,13 @@ from cellsparse_app.labels import select_sparse
 
 MODES: dict[str, str] = {
     "bg": "sparse + background",
+    "band": "sparse + background band",
     "nobg": "sparse, no background",
     "naive": "naive partial (unlabelled = background)",
 }
 DEFAULT_KS: tuple[str, ...] = ("1", "4", "16", "5%", "100%")
+#: Width of the ``band`` mode's background ring (pixels).
+BAND_PX = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,11 @@ def build_labels(dense: np.ndarray, ids: Sequence[int], mode: str) -> np.ndarray
     if mode == "bg":
         return select_sparse(dense, ids, background=True)
     sparse = select_sparse(dense, ids, background=False)
+    if mode == "band":
+        from scipy import ndimage as ndi
+
+        ring = (ndi.distance_transform_edt(sparse <= 0) <= BAND_PX) & (dense == 0)
+        return np.where(ring, 0, sparse).astype(sparse.dtype)
     if mode == "nobg":
         return sparse
     if mode == "naive":
@@ -122,7 +132,8 @@ def build_grid(
     ks: Sequence[str] = DEFAULT_KS, modes: Sequence[str] = tuple(MODES)
 ) -> list[Condition]:
     """All (k, mode) conditions, dense first, without the duplicate ``naive`` at 100%."""
-    grid = [Condition(k, m) for k in ks for m in modes if not (k == "100%" and m == "naive")]
+    grid = [Condition(k, m) for k in ks for m in modes
+            if not (k == "100%" and m in ("naive", "band"))]
     return sorted(grid, key=lambda c: (c.name != "dense (100% + background)",))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 COLUMNS = ("data set", "family", "condition", "objects", "AP@0.5", "AP@0.75", "train s",
-           "steps", "patches/s", "vs fp32 loop")
+           "steps", "patches/s", "vs fp32 loop", "pred Mpx/s")
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -23,7 +23,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = {"dataset": ds, "family": fam, "k": k, "mode": mode,
                  "condition": rs[0]["condition"], "seeds": len(rs), "failed": len(rs) - len(ok),
                  "annotated": float(np.mean([r["annotated"] for r in rs]))}
-        for key in ("ap50", "ap75", "train_s", "steps", "patches_per_s"):
+        for key in ("ap50", "ap75", "train_s", "steps", "patches_per_s", "pred_mpx_per_s"):
             vals = [r[key] for r in ok if r.get(key) is not None and not _nan(r[key])]
             entry[key] = float(np.mean(vals)) if vals else math.nan
             entry[key + "_std"] = float(np.std(vals)) if vals else math.nan
@@ -59,7 +59,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         cells = [
             e["dataset"], e["family"], e["condition"] + failed,
             f"{e['annotated']:.0f}", _pm(e, "ap50"), _pm(e, "ap75"), f"{e['train_s']:.1f}",
-            f"{e['steps']:.0f}", f"{e['patches_per_s']:.1f}", ratio,
+            f"{e['steps']:.0f}", f"{e['patches_per_s']:.1f}", ratio, _pm(e, "pred_mpx_per_s"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Plain fp32 PyTorch loop of the same network (patches/s, same run): "

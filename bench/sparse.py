@@ -12,6 +12,14 @@ against the dense ground truth of the test images (AP pooled over test images).
 Reported per condition: AP@0.5 and AP@0.75 (mean ± std over seeds), training wall time, steps,
 patches/s (from the progress reports, warm-up step excluded), and the ratio of that throughput to a
 plain fp32 PyTorch loop of the same network measured in the same run (:mod:`bench.throughput`).
+Prediction speed (Mpx/s of test images through ``predict_instances``) is reported beside AP.
+
+Variants (``--variants``, compared in one run): ``dN`` rescales the cells to N pixels across
+(:mod:`cellsparse_app.object_scale`), ``native`` trains at the images' own scale (the behaviour
+before object rescaling); ``+out`` resamples the network output instead of the labels back to the
+image grid; ``+nostain`` ignores the stain suggestion that ``--stain auto`` (the default) applies
+(:func:`cellsparse_app.stains.suggest_stain` on the training images).
+
 The markdown table is printed and written with the raw JSON to ``bench/results/``.
 """
 
@@ -40,6 +48,8 @@ from bench.report import markdown_report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("dsb2018_fluo_dev", "usiigaci_phase_dev")
+#: ``--variants`` of the default run.
+DEFAULT_VARIANTS = ("d30",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,8 @@ class BenchSettings:
     n_test: int = 16
     reference_seconds: float = 15.0
     device: str = "auto"
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    stain: str = "auto"
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchSettings":
@@ -65,7 +77,8 @@ class BenchSettings:
         return dataclasses.replace(base, **overrides)
 
     def runs(self) -> int:
-        return len(self.datasets) * len(self.families) * len(self.conditions()) * len(self.seeds)
+        return (len(self.datasets) * len(self.families) * len(self.conditions()) * len(self.seeds)
+                * len(self.variants))
 
     def conditions(self) -> list[Condition]:
         return build_grid(self.ks, self.modes)
@@ -87,18 +100,23 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     p.add_argument("--n-test", type=int, help="held-out test images per data set")
     p.add_argument("--reference-seconds", type=float, help="timed part of the fp32 reference loop")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--variants", help="comma-separated: dN (cells rescaled to N px), native; "
+                                      "suffixes +out, +nostain (default d30)")
+    p.add_argument("--stain", choices=["auto", "none"], help="apply suggest_stain (default auto)")
     a = p.parse_args(argv)
     overrides: dict[str, Any] = {}
-    for key in ("datasets", "families", "ks", "modes"):
+    for key in ("datasets", "families", "ks", "modes", "variants"):
         if getattr(a, key):
             overrides[key] = tuple(v.strip() for v in getattr(a, key).split(",") if v.strip())
     if a.seeds:
         overrides["seeds"] = tuple(int(s) for s in a.seeds.split(","))
-    for key in ("seconds", "steps", "n_train", "n_test", "reference_seconds", "device"):
+    for key in ("seconds", "steps", "n_train", "n_test", "reference_seconds", "device", "stain"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
     settings = BenchSettings.quick(**overrides) if a.quick else BenchSettings(**overrides)
     settings.conditions()  # validates ks and modes early
+    for v in settings.variants:
+        parse_variant(v)
     return settings
 
 
@@ -112,22 +130,45 @@ def check_families(names: Sequence[str]) -> None:
         raise ValueError(f"unknown model famil(ies) {unknown}; registered: {known}")
 
 
-def run_one(train_images, labels, test, cfg) -> dict[str, Any]:
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"d30+out"`` -> ``{"object_diameter": 30.0, "resample": "output", "stain": True}``."""
+    head, *flags = [t.strip() for t in str(text).split("+")]
+    unknown = [f for f in flags if f not in ("out", "nostain")]
+    try:
+        if unknown:
+            raise ValueError
+        diameter = None if head == "native" else float(head[1:]) if head.startswith("d") else None
+        if head != "native" and not (diameter and diameter > 0):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"variant must be dN or native with optional +out/+nostain, got {text!r}")
+    return {"object_diameter": diameter, "resample": "output" if "out" in flags else "labels",
+            "stain": "nostain" not in flags}
+
+
+def run_one(train_images, labels, test, cfg, image_config=None, predict_cfg=None) -> dict[str, Any]:
     """Train once under ``cfg`` and evaluate on ``test`` samples; one result row."""
     from cellsparse_app.metrics import evaluate_many
-    from cellsparse_app.predict import predict_instances
+    from cellsparse_app.predict import PredictConfig, predict_instances
     from cellsparse_app.train import train
 
     reports: list[Any] = []
     t0 = time.perf_counter()
-    model = train(train_images, labels, cfg, progress=reports.append)
+    model = train(train_images, labels, cfg, image_config=image_config, progress=reports.append)
     train_s = time.perf_counter() - t0
-    preds = [predict_instances(model, s.image) for s in test]
+    predict_cfg = predict_cfg or PredictConfig(device=cfg.device)
+    t0 = time.perf_counter()
+    preds = [predict_instances(model, s.image, predict_cfg) for s in test]
+    pred_s = time.perf_counter() - t0
+    mpx = sum(int(np.prod(s.mask.shape)) for s in test) / 1e6
     ev = evaluate_many([s.mask for s in test], preds, (0.5, 0.75))
     steps, rate = training_rate(reports, cfg.batch_size)
     return {
         "ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": train_s, "steps": steps,
         "patches_per_s": rate, "n_pred": ev["n_pred"], "n_true": ev["n_true"],
+        "pred_s": pred_s, "pred_mpx_per_s": mpx / pred_s if pred_s > 0 else float("nan"),
+        "diameter": model.config.diameter, "scale": model.config.scale,
+        "stain": model.image.stain,
         "model_config": model.config, "image_config": model.image,
     }
 
@@ -152,6 +193,9 @@ def training_rate(reports: Sequence[Any], batch_size: int) -> tuple[int, float]:
 def run(settings: BenchSettings, log=print) -> dict[str, Any]:
     """Run the whole grid; returns ``{"settings", "rows", "reference"}`` (JSON-serialisable)."""
     from cellsparse_app.datasets import load_dataset
+    from cellsparse_app.io import ImageConfig
+    from cellsparse_app.predict import PredictConfig
+    from cellsparse_app.stains import suggest_stain
     from cellsparse_app.train import TrainConfig
 
     check_families(settings.families)
@@ -162,23 +206,30 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
         samples, _ = load_dataset(ds)
         train_s, test = split_samples(samples, settings.n_train, settings.n_test)
         images, masks = [s.image for s in train_s], [s.mask for s in train_s]
+        suggestion = suggest_stain(images)
         log(f"{ds}: {len(train_s)} training image(s), {len(test)} test image(s) "
-            f"({sum(int(s.mask.max()) for s in test)} test objects)")
-        for family in settings.families:
+            f"({sum(int(s.mask.max()) for s in test)} test objects); stain: {suggestion.reason}")
+        for family, variant in [(f, v) for f in settings.families for v in settings.variants]:
             last = None
+            opts = parse_variant(variant)
+            stain = suggestion.stain if settings.stain == "auto" and opts["stain"] else None
+            label = family if variant == DEFAULT_VARIANTS[0] and len(settings.variants) == 1 \
+                else f"{family} {variant}"
             for cond in settings.conditions():
                 for seed in settings.seeds:
                     labels = training_labels(masks, cond, seed)
                     cfg = TrainConfig(
                         family=family, steps=settings.steps,
                         max_seconds=None if settings.steps else settings.seconds,
-                        seed=seed, device=settings.device,
+                        seed=seed, device=settings.device, object_diameter=opts["object_diameter"],
                     )
-                    row = {"dataset": ds, "family": family, "k": cond.k, "mode": cond.mode,
-                           "condition": cond.name, "seed": seed,
+                    row = {"dataset": ds, "family": label, "k": cond.k, "mode": cond.mode,
+                           "condition": cond.name, "seed": seed, "variant": variant,
                            "annotated": int(sum(int(lab.max()) for lab in labels))}
                     try:
-                        res = run_one(images, labels, test, cfg)
+                        res = run_one(images, labels, test, cfg, ImageConfig(stain=stain),
+                                      PredictConfig(device=settings.device,
+                                                    resample=opts["resample"]))
                         last = (res.pop("model_config"), res.pop("image_config"), labels, cfg)
                         row.update(res)
                     except (ValueError, RuntimeError) as exc:
@@ -186,11 +237,13 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
                     rows.append(row)
                     done += 1
                     eta = (time.perf_counter() - t_start) / done * (total - done)
-                    log(f"  [{done}/{total}] {family} {cond.name} seed {seed}: "
+                    log(f"  [{done}/{total}] {label} {cond.name} seed {seed}: "
                         + (row.get("error") or f"AP50 {row['ap50']:.3f} AP75 {row['ap75']:.3f} "
-                           f"{row['steps']} steps {row['patches_per_s']:.1f} patches/s")
+                           f"{row['steps']} steps {row['train_s']:.0f} s "
+                           f"{row['patches_per_s']:.1f} patches/s "
+                           f"pred {row['pred_mpx_per_s']:.3f} Mpx/s scale {row['scale']:g}")
                         + f"  (eta {eta / 60:.1f} min)")
-            if last is not None:
+            if last is not None and settings.reference_seconds > 0:
                 reference[f"{ds}/{family}"] = _reference(family, images, last, settings)
                 log(f"  plain fp32 loop ({family}): "
                     f"{reference[f'{ds}/{family}']['patches_per_s']:.1f} patches/s")

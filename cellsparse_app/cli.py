@@ -117,7 +117,8 @@ def _annotate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from cellsparse_app.api.server import serve
 
-    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    serve(host=args.host, port=args.port, data_dir=args.data_dir,
+          allow_sam_fallback=True if args.allow_sam_fallback else None)
     return 0
 
 
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", default=None, help="where models and uploads are kept")
+    p.add_argument("--allow-sam-fallback", action="store_true",
+                   help="answer SAM requests whose weights are missing with the classical "
+                   "fallback segmenter (default: a 503 error; CELLSPARSE_ALLOW_SAM_FALLBACK=1)")
     p.set_defaults(func=_serve)
     return parser
 

@@ -263,12 +263,29 @@ class ImageConfig(JsonConfig):
     Attributes:
         channels: channel indices to use (None: all channels of the image).
         lower, upper: normalisation percentiles mapped to 0 and 1.
+        stain: ``None`` (the image as it is), ``"invert"`` (brightfield: bright background made
+            dark) or ``"hematoxylin"`` (H&E: the haematoxylin channel of colour deconvolution, one
+            channel; ``channels`` is then not used); see :mod:`cellsparse_app.stains`, whose
+            :func:`~cellsparse_app.stains.suggest_stain` proposes one.
     """
 
     channels: tuple[int, ...] | None = None
     lower: float = 1.0
     upper: float = 99.8
+    stain: str | None = None
+
+    def __post_init__(self) -> None:
+        from cellsparse_app.stains import check_stain
+
+        check_stain(self.stain)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """``float32 (C, H, W)`` network input for ``image``."""
-        return prepare_image(image, self.channels, self.lower, self.upper)
+        if self.stain == "hematoxylin":
+            from cellsparse_app.stains import hematoxylin
+
+            return prepare_image(hematoxylin(validate_image(image)), None, self.lower, self.upper)
+        x = prepare_image(image, self.channels, self.lower, self.upper)
+        if self.stain == "invert":
+            x = np.subtract(1.0, x, out=x)
+        return x

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from cellsparse_app.train import TrainConfig
 
 QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
-FINISHED_STATES = (DONE, CANCELLED, FAILED)
+#: A job that was running when the server stopped (shutdown or crash); it can be resumed.
+INTERRUPTED = "interrupted"
+FINISHED_STATES = (DONE, CANCELLED, FAILED, INTERRUPTED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,14 @@ class JobSnapshot:
     created: float
     started: float | None
     finished: float | None
+    steps_requested: int | None = None  # the request's step count (None: a time budget)
+    max_seconds: float | None = None  # the time budget applied
+    budget_note: str | None = None  # where the time budget came from (e.g. the server's cap)
+    stop_reason: str | None = None  # why training ended, in words (finished jobs)
+    cut: bool = False  # fewer steps than requested were trained
+    resumed_from: str | None = None  # the job this one resumes or re-runs
+    rerunnable: bool = False  # its training data is on disk: it can be resumed or re-run
+    warnings: tuple[str, ...] = ()  # likely mistakes in the training data (it still trains)
 
     @property
     def done(self) -> bool:
@@ -65,7 +75,8 @@ class JobSnapshot:
 #: Snapshot fields that a :class:`JobRecord` holds under the same name (copied as they are).
 _SHARED_FIELDS = tuple(
     f.name for f in dataclasses.fields(JobSnapshot)
-    if f.name not in ("family", "history", "queue_position", "finished")
+    if f.name not in ("family", "history", "queue_position", "finished", "steps_requested",
+                      "max_seconds", "warnings")
 )
 
 
@@ -96,6 +107,16 @@ class JobRecord:
     started: float | None = None
     finished_at: float | None = None
     result: "TrainedModel | None" = None
+    budget_note: str | None = None
+    stop_reason: str | None = None
+    cut: bool = False
+    resumed_from: str | None = None
+    rerunnable: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: cancelled by a reset/delete: the partial model must not be stored
+    discard_on_cancel: bool = False
+    #: stopped by the server's shutdown: the job ends as ``interrupted``
+    interrupted: bool = False
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -111,7 +132,27 @@ class JobRecord:
             history=tuple(history),
             queue_position=queue_position,
             finished=self.finished_at,
+            warnings=tuple(self.warnings),
+            steps_requested=getattr(self.config, "steps", None),
+            max_seconds=getattr(self.config, "max_seconds", None),
         )
+
+    def describe_stop(self, steps_done: int, cancelled: bool) -> None:
+        """Set :attr:`stop_reason` and :attr:`cut` once training has ended."""
+        requested = getattr(self.config, "steps", None)
+        seconds = getattr(self.config, "max_seconds", None)
+        self.cut = requested is not None and steps_done < requested
+        if self.interrupted:
+            self.stop_reason = f"interrupted by the server's shutdown after {steps_done} steps"
+        elif cancelled:
+            self.stop_reason = f"cancelled after {steps_done} steps"
+        elif requested is not None and not self.cut:
+            self.stop_reason = f"all {requested} requested steps done"
+        elif seconds is not None:
+            note = f" ({self.budget_note})" if self.budget_note else ""
+            self.stop_reason = f"time budget of {seconds:g} s reached after {steps_done} steps{note}"
+        else:
+            self.stop_reason = f"training ended after {steps_done} steps"
 
 
 def check_training_data(
@@ -140,3 +181,17 @@ def check_training_data(
             "the labels contain no foreground object: annotate at least one cell"
         )
     return images, labels
+
+
+#: Warning for training data without any background pixel.
+NO_BACKGROUND_WARNING = (
+    "the labels mark no background (wire format: label 1; sparse format: 0): the model only "
+    "sees cells and will likely predict cells everywhere; annotate some background around them"
+)
+
+
+def training_warnings(labels: Sequence[np.ndarray]) -> list[str]:
+    """Likely mistakes in training labels that still allow training (e.g. no background)."""
+    if not any(int(np.count_nonzero(np.asarray(lb) == 0)) for lb in labels):
+        return [NO_BACKGROUND_WARNING]
+    return []

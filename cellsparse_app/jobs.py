@@ -9,10 +9,15 @@ being answered::
     runner.cancel(job_id)            # stops cleanly at the next step
     runner.wait(job_id).state        # "done" | "cancelled" | "failed"
 
-A finished job's model is saved to the store atomically. A cancelled or failed job never touches
-the stored model, so the last good model is kept; the partial model of a cancelled job stays
-available in memory through :meth:`JobRunner.result`. Job states, records and snapshots live in
-:mod:`cellsparse_app.job_records` (re-exported here).
+A finished job's model is saved to the store atomically. A cancelled job keeps the work done: the
+model trained so far is saved under the job's name (as the web app keeps a stopped round), unless
+the job was cancelled by deleting or resetting that model. A failed job never touches the stored
+model. With ``journal_dir`` the records and the training data of unfinished jobs are kept on disk
+(:mod:`cellsparse_app.jobs_journal`): after a restart the records are back, queued jobs run, and
+jobs that were running are ``interrupted`` and can be resumed (:meth:`JobRunner.resume`).
+:meth:`JobRunner.shutdown` stops the running job (its model so far is saved, it ends
+``interrupted``), keeps queued jobs on disk and wakes everyone waiting. Job states, records and
+snapshots live in :mod:`cellsparse_app.job_records` (re-exported here).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import queue
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -32,11 +38,13 @@ from cellsparse_app.job_records import (
     DONE,
     FAILED,
     FINISHED_STATES,
+    INTERRUPTED,
     QUEUED,
     RUNNING,
     JobRecord,
     JobSnapshot,
     check_training_data,
+    training_warnings,
 )
 
 if TYPE_CHECKING:
@@ -45,8 +53,8 @@ if TYPE_CHECKING:
     from cellsparse_app.train import TrainConfig
 
 __all__ = [
-    "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "QUEUED", "RUNNING", "JobRunner",
-    "JobSnapshot", "QueueFullError", "check_training_data",
+    "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "INTERRUPTED", "QUEUED", "RUNNING",
+    "JobRunner", "JobSnapshot", "QueueFullError", "ShuttingDownError", "check_training_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 class QueueFullError(RuntimeError):
     """Raised by :meth:`JobRunner.submit` when too many jobs are waiting."""
+
+
+class ShuttingDownError(RuntimeError):
+    """Raised by :meth:`JobRunner.submit` after :meth:`JobRunner.shutdown` began."""
 
 
 class JobRunner:
@@ -67,6 +79,8 @@ class JobRunner:
         keep_finished: finished jobs remembered for progress queries.
         train_fn: the training function (``cellsparse_app.train.train`` by default); injectable
             so that tests and other front ends can swap in a stub.
+        journal_dir: keep job records and the data of unfinished jobs in this folder, and
+            restore them from it now (None: in memory only).
     """
 
     def __init__(
@@ -78,6 +92,7 @@ class JobRunner:
         history_points: int = 500,
         keep_finished: int = 50,
         train_fn: Callable[..., "TrainedModel"] | None = None,
+        journal_dir: str | Path | None = None,
     ) -> None:
         if max_pending < 1 or workers < 1:
             raise ValueError(f"max_pending and workers must be >= 1, got {max_pending}, {workers}")
@@ -93,6 +108,13 @@ class JobRunner:
         self._n_workers = workers
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._closing = threading.Event()
+        self._journal = None
+        if journal_dir is not None:
+            from cellsparse_app.jobs_journal import JobJournal
+
+            self._journal = JobJournal(journal_dir)
+            self._restore()
 
     # -- public API -------------------------------------------------------------------------
     def submit(
@@ -106,6 +128,8 @@ class JobRunner:
         model_config: Any = None,
         image_config: Any = None,
         initial: "TrainedModel | None" = None,
+        budget_note: str | None = None,
+        resumed_from: str | None = None,
     ) -> str:
         """Queue a training job and return its id.
 
@@ -116,11 +140,13 @@ class JobRunner:
             resume: continue from the stored model of that name, if any (loaded when the job
                 starts, so queued jobs build on each other).
             model_config, image_config, initial: passed to ``train``.
+            budget_note: where the time budget comes from, said when it cuts the training.
+            resumed_from: id of the job this one resumes or re-runs.
 
         Raises:
             ValueError, TypeError: bad data (checked now, not when the job runs).
             QueueFullError: if ``max_pending`` jobs are already waiting.
-            RuntimeError: after :meth:`shutdown`.
+            ShuttingDownError: after :meth:`shutdown`.
         """
         if config is None:
             from cellsparse_app.train import TrainConfig
@@ -141,10 +167,13 @@ class JobRunner:
             model_config=model_config,
             image_config=image_config,
             initial=initial,
+            budget_note=budget_note,
+            resumed_from=resumed_from,
+            warnings=training_warnings(labels),
         )
         with self._lock:
             if self._closed:
-                raise RuntimeError("the job runner has been shut down")
+                raise ShuttingDownError("the server is shutting down: no new training jobs")
             if self._n_pending() >= self.max_pending:
                 raise QueueFullError(
                     f"{self.max_pending} training jobs are already waiting; try again later"
@@ -152,6 +181,17 @@ class JobRunner:
             self._jobs[job.id] = job
             self._prune()
             self._start_workers()
+        if self._journal is not None:
+            durable = model_config is None and initial is None and hasattr(config, "to_dict")
+            if durable:
+                try:
+                    self._journal.save_data(job.id, images, labels)
+                    job.rerunnable = True
+                except OSError as exc:
+                    logger.error("could not keep the data of job %s on disk: %s", job.id, exc)
+            self._journal.save(job)
+        for text in job.warnings:
+            logger.warning("training job %s: %s", job.id, text)
         self._queue.put(job)
         logger.info("queued training job %s (%s, model %r)", job.id, config.family, model_name)
         return job.id
@@ -170,12 +210,20 @@ class JobRunner:
         with self._lock:
             return [self._snapshot(j) for j in sorted(self._jobs.values(), key=lambda j: j.created)]
 
-    def cancel(self, job_id: str) -> JobSnapshot:
-        """Ask job ``job_id`` to stop (a queued job never starts); returns its snapshot."""
+    def cancel(self, job_id: str, *, keep_model: bool = True) -> JobSnapshot:
+        """Ask job ``job_id`` to stop (a queued job never starts); returns its snapshot.
+
+        A running job stops at its next step and saves the model trained so far under its
+        name, unless ``keep_model`` is false (the model is being deleted or reset).
+        """
         with self._lock:
             job = self._job(job_id)
+            if job.state in FINISHED_STATES:
+                return self._snapshot(job)
+            job.discard_on_cancel = job.discard_on_cancel or not keep_model
             job.cancel_event.set()
             if job.state == QUEUED:
+                job.stop_reason = "cancelled before it started"
                 self._finish(job, CANCELLED)
             return self._snapshot(job)
 
@@ -190,15 +238,25 @@ class JobRunner:
                 and j.config.family == family
             ]
         for job_id in ids:
-            self.cancel(job_id)
+            self.cancel(job_id, keep_model=False)
         return ids
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until job ``job_id`` finishes (or ``timeout`` seconds pass); returns a snapshot."""
         with self._lock:
             job = self._job(job_id)
-        job.finished.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.finished.wait(0.2):
+            if self._closing.is_set() and job.state == QUEUED:
+                break  # it stays queued (on disk): the caller learns the server is stopping
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         return self.get(job_id)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`shutdown` has begun."""
+        return self._closing.is_set()
 
     def result(self, job_id: str) -> "TrainedModel | None":
         """The trained model of a finished job (partial for a cancelled one), else None."""
@@ -212,16 +270,65 @@ class JobRunner:
         return {"queued": states.count(QUEUED), "running": states.count(RUNNING)}
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
-        """Cancel all jobs and stop the workers (waiting up to ``timeout`` seconds)."""
+        """Stop: no new jobs, the running job ends ``interrupted`` (its model so far saved),
+        queued jobs stay queued on disk (cancelled without a journal), waiters are woken.
+        Waits up to ``timeout`` seconds for the workers. Safe to call twice."""
         with self._lock:
             self._closed = True
-            jobs = [j for j in self._jobs.values() if j.state in (QUEUED, RUNNING)]
-        for job in jobs:
-            self.cancel(job.id)
+            self._closing.set()
+            for job in self._jobs.values():
+                if job.state == RUNNING:
+                    job.interrupted = True
+                    job.cancel_event.set()
+                elif job.state == QUEUED and self._journal is None:
+                    job.cancel_event.set()
+                    job.stop_reason = "cancelled: the server shut down before it started"
+                    self._finish(job, CANCELLED)
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout)
+
+    def resume(self, job_id: str, *, restart: bool = False) -> str:
+        """Queue a new job from an interrupted (or cancelled/failed) job's saved data.
+
+        Args:
+            job_id: the job to resume.
+            restart: False: continue from the model saved under its name with the steps still
+                to do (all of them for a time budget); True: run it again as it was submitted.
+
+        Returns:
+            The new job's id.
+
+        Raises:
+            ValueError: the job is still queued or running, or finished successfully.
+            FileNotFoundError: its training data is not kept (jobs without a journal, or
+                resumed already).
+        """
+        with self._lock:
+            job = self._job(job_id)
+            if job.state not in (INTERRUPTED, CANCELLED, FAILED):
+                raise ValueError(f"job {job_id} is {job.state}; only interrupted, cancelled or "
+                                 "failed jobs can be resumed")
+            if self._journal is None or not job.rerunnable:
+                raise FileNotFoundError(f"the training data of job {job_id} is not kept; "
+                                        "submit the training again")
+            config, resume = job.config, job.resume
+            done = job.step
+        images, labels = self._journal.load_data(job_id)
+        if not restart:
+            resume = True
+            if getattr(config, "steps", None) is not None:
+                config = config.replace(steps=max(1, int(config.steps) - int(done)))
+        new_id = self.submit(images, labels, config, model_name=job.model_name, resume=resume,
+                             image_config=job.image_config, budget_note=job.budget_note,
+                             resumed_from=job_id)
+        with self._lock:
+            job.rerunnable = False
+        self._journal.drop_data(job_id)
+        self._journal.save(job)
+        logger.info("job %s %s as job %s", job_id, "re-run" if restart else "resumed", new_id)
+        return new_id
 
     # -- internals --------------------------------------------------------------------------
     def _job(self, job_id: str) -> JobRecord:
@@ -247,6 +354,19 @@ class JobRunner:
         )
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
+            if self._journal is not None:
+                self._journal.delete(job.id)
+
+    def _restore(self) -> None:
+        """Read the journal: records back, queued jobs queued again, running ones interrupted."""
+        from cellsparse_app.jobs_journal import restore_jobs
+
+        jobs, requeue = restore_jobs(self._journal)
+        self._jobs.update({job.id: job for job in jobs})
+        if requeue:
+            self._start_workers()
+            for job in requeue:
+                self._queue.put(job)
 
     def _snapshot(self, job: JobRecord) -> JobSnapshot:
         position = None
@@ -261,6 +381,11 @@ class JobRunner:
         job.state = state
         job.finished_at = time.time()
         job.images = job.labels = None  # free memory; snapshots do not need them
+        if self._journal is not None:
+            if state == DONE:  # others keep their data (until pruned): they may be re-run
+                self._journal.drop_data(job.id)
+                job.rerunnable = False
+            self._journal.save(job)
         job.finished.set()
 
     def _work(self) -> None:
@@ -269,10 +394,12 @@ class JobRunner:
             if job is None:
                 return
             with self._lock:
-                if job.state != QUEUED:  # cancelled while waiting
+                if job.state != QUEUED or self._closed:  # cancelled, or the server is stopping
                     continue
                 job.state = RUNNING
                 job.started = time.time()
+            if self._journal is not None:
+                self._journal.save(job)
             try:
                 self._run(job)
             except Exception as exc:  # a job failing must never kill the worker
@@ -280,12 +407,15 @@ class JobRunner:
                 with self._lock:
                     job.error = str(exc) or type(exc).__name__
                     job.error_type = type(exc).__name__
+                    job.stop_reason = f"failed after {job.step} steps: {job.error}"
                     self._finish(job, FAILED)
 
     def _run(self, job: JobRecord) -> None:
         train_fn = self._train_fn
         if train_fn is None:
             from cellsparse_app.train import train as train_fn
+        if job.images is None and self._journal is not None:  # restored from disk
+            job.images, job.labels = self._journal.load_data(job.id)
         initial = job.initial
         family = job.config.family
         if initial is None and job.resume and job.model_name and self.store is not None:
@@ -313,14 +443,24 @@ class JobRunner:
             progress=progress,
             should_stop=job.cancel_event.is_set,
         )
-        cancelled = job.cancel_event.is_set() or bool(getattr(model, "meta", {}).get("cancelled"))
+        meta = getattr(model, "meta", {}) or {}
+        cancelled = job.cancel_event.is_set() or bool(meta.get("cancelled"))
+        steps_done = int(meta.get("steps", job.step))
         saved = False
-        if not cancelled and job.model_name and self.store is not None:
+        keep = not cancelled or (steps_done > 0 and not job.discard_on_cancel)
+        if keep and job.model_name and self.store is not None:
             self.store.save(family, job.model_name, model)
             saved = True
         with self._lock:
             job.result = model
             job.model_saved = saved
-            self._finish(job, CANCELLED if cancelled else DONE)
-        logger.info("training job %s %s", job.id, job.state)
+            job.step = steps_done
+            job.describe_stop(steps_done, cancelled)
+            if saved and cancelled:
+                job.stop_reason += f"; the model trained so far is saved as {job.model_name!r}"
+            state = INTERRUPTED if job.interrupted else CANCELLED if cancelled else DONE
+            self._finish(job, state)
+        log = logger.warning if job.cut or cancelled else logger.info
+        log("training job %s (%s/%s) %s: %s", job.id, family, job.model_name, job.state,
+            job.stop_reason)
 

@@ -26,6 +26,12 @@ another object was, for DSB fluorescence / DSB histology / Usiigaci / example:
 
 So a 4 px ring gives each cell about four times the Background next to it that a 1 px ring
 gives, at little more wrong labelling. Beyond that the error grows faster.
+
+The effect on a first model, tested on the bundled example: 8 nuclei (ground-truth masks) plus
+a 12x12 Background box in a corner, Cellpose-style, 300 steps on the CPU, seeds 0 and 1. With
+no margin, the median predicted nucleus was 1.52 / 1.61x its true area, with a matched IoU at
+0.5 of 0.74 / 0.70 (AP50 0.70 / 0.74). With the 4 px margin, it was 1.06 / 1.09x, with an IoU
+of 0.96 / 0.96 (AP50 0.72 / 0.78).
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Prediction with a :class:`~cellsparse_app.models.trained.TrainedModel` on images of any size.
 
-The image is normalised as in training (``model.image``), cut into overlapping tiles (at most
+The image is normalised as in training (``model.image``), resized by the model's object scale
+(``model.config.scale``, or the one a given ``PredictConfig.diameter`` asks for; see
+:mod:`cellsparse_app.object_scale`), cut into overlapping tiles (at most
 ``tile_size`` square; a smaller image is one tile), run through the network in batches under
 ``torch.inference_mode`` (channels-last; fp16 autocast on CUDA), and the tiles' outputs are blended
 with weights that fall off towards the tile edges, so there are no seams. The family then turns
-the blended ``(K, H, W)`` output into instance labels.
+the blended ``(K, H, W)`` output into instance labels, which are resized back to the image's grid
+(nearest neighbour).
 """
 
 from __future__ import annotations
@@ -21,11 +24,19 @@ from cellsparse_app import device as devices
 from cellsparse_app.config import JsonConfig
 from cellsparse_app.io import validate_image
 from cellsparse_app.models.trained import TrainedModel
+from cellsparse_app.object_scale import (
+    prediction_scale,
+    rescale_image,
+    resize_labels,
+    resize_output,
+)
 
 logger = logging.getLogger(__name__)
 
 #: ``progress(done, total)``: tiles processed so far out of the image's tile count.
 Progress = Callable[[int, int], None]
+#: Values of ``PredictConfig.resample``.
+RESAMPLE = ("labels", "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +56,12 @@ class PredictConfig(JsonConfig):
         tile_overlap: overlap of neighbouring tiles as a fraction of ``tile_size``.
         batch_size: tiles per network call.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        diameter: diameter (pixels) of the cells in the image to predict; ``None``: the model's
+            training diameter (images of the training magnification). The image is resized so
+            that its cells get the size the network was trained on.
+        resample: how results of a resized image return to its grid: ``"labels"`` (instances
+            found at the network's scale, label image resized by nearest neighbour; fast) or
+            ``"output"`` (network output resized bilinearly, instances found at full size).
     """
 
     prob_threshold: float | None = None
@@ -55,6 +72,8 @@ class PredictConfig(JsonConfig):
     tile_overlap: float = 0.125
     batch_size: int = 4
     device: str = "auto"
+    diameter: float | None = None
+    resample: str = "labels"
 
     def __post_init__(self) -> None:
         if self.prob_threshold is not None and not 0 < self.prob_threshold < 1:
@@ -73,6 +92,12 @@ class PredictConfig(JsonConfig):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.device not in devices.DEVICES:
             raise ValueError(f"device must be one of {', '.join(devices.DEVICES)}, got {self.device!r}")
+        if self.diameter is not None and not (
+            isinstance(self.diameter, (int, float)) and self.diameter > 0
+        ):
+            raise ValueError(f"diameter must be > 0 pixels or None, got {self.diameter!r}")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}")
 
 
 def predict_raw(
@@ -82,16 +107,32 @@ def predict_raw(
     *,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """The network's blended output for ``image``: ``float32 (K, H, W)``.
+    """The network's blended output for ``image`` on the image's grid: ``float32 (K, H, W)``.
 
     Args:
         model: a trained model.
         image: ``(H, W)`` or ``(H, W, C)`` image as read (any numeric dtype).
-        cfg: tiling and device settings.
+        cfg: tiling, scale and device settings.
         progress: called as ``progress(done, total)`` after each batch of tiles.
 
     Raises:
         TypeError, ValueError: unusable image, or channels that do not match the model.
+    """
+    raw, _ = predict_scaled(model, image, cfg, progress=progress)
+    return resize_output(raw, np.shape(image)[:2])
+
+
+def predict_scaled(
+    model: TrainedModel,
+    image: np.ndarray,
+    cfg: PredictConfig = PredictConfig(),
+    *,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, float]:
+    """``(output, scale)``: the blended output at the network's scale (``float32 (K, h, w)``,
+    ``(h, w)`` the image's shape times ``scale``) and the resize factor used.
+
+    See :func:`predict_raw` for the arguments and errors.
     """
     image = validate_image(image)
     x = model.image.prepare(image)
@@ -101,6 +142,8 @@ def predict_raw(
             f"the model takes {expected} channel(s) but the image gives {x.shape[0]} "
             f"(image shape {image.shape}, model channels {model.image.channels})"
         )
+    scale = prediction_scale(model.config.scale, model.config.diameter, cfg.diameter)
+    x = rescale_image(x, scale)
     device = devices.resolve_device(cfg.device)
     network = model.network
     if next(network.parameters()).device != device:
@@ -108,7 +151,7 @@ def predict_raw(
         model.network = network
     network = devices.prepare_module(network, device).eval()
     multiple = model.family_impl.size_multiple(model.config)
-    return predict_array(network, x, cfg, device, multiple, progress)
+    return predict_array(network, x, cfg, device, multiple, progress), scale
 
 
 def predict_instances(
@@ -118,13 +161,24 @@ def predict_instances(
     *,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Instance labels of ``image``: ``uint32 (H, W)``, 0 background, 1..N objects.
+    """Instance labels of ``image`` on its grid: ``uint32 (H, W)``, 0 background, 1..N objects.
 
-    See :func:`predict_raw` for the arguments.
+    At a scale other than 1 the objects are found at the network's scale (``min_size`` scaled
+    with the area) and the labels resized back, or with ``cfg.resample == "output"`` found in the
+    output resized back. See :func:`predict_raw` for the arguments.
     """
-    raw = predict_raw(model, image, cfg, progress=progress)
-    labels = model.family_impl.postprocess(raw, model.config, cfg)
-    return np.asarray(labels).astype(np.uint32, copy=False)
+    raw, scale = predict_scaled(model, image, cfg, progress=progress)
+    shape = np.shape(image)[:2]
+    post_cfg = cfg
+    if scale != 1 and cfg.resample == "output":
+        raw = resize_output(raw, shape)
+    elif scale != 1:
+        post_cfg = cfg.replace(min_size=int(round(cfg.min_size * scale * scale)))
+    labels = model.family_impl.postprocess(raw, model.config, post_cfg)
+    labels = np.asarray(labels).astype(np.uint32, copy=False)
+    if labels.shape != tuple(shape):
+        labels = resize_labels(labels, shape)
+    return labels
 
 
 def tile_layout(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:

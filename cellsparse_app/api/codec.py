@@ -190,20 +190,23 @@ def sam_features(
 
     samapi numbers ``object_idx`` from -1 (``i - 1``) and the QuPath extension turns it into the
     class of unclassified objects, so the numbering is kept; unlike samapi, each ``quality`` is
-    the score of its own mask. Empty masks get an empty Polygon, as in samapi.
+    the score of its own mask. Empty masks are left out (samapi sends an empty Polygon, which
+    QuPath turns into an empty annotation); the others are numbered without gaps.
     """
     from cellsparse_app.polygons import mask_to_polygons
 
     out = []
-    for i, (mask, score) in enumerate(zip(masks, scores)):
+    for mask, score in zip(masks, scores):
         rings = mask_to_polygons(_largest_part(np.asarray(mask, dtype=bool)))
-        coords = [rings[0].tolist()] if rings else []
+        if not rings:
+            continue
+        coords = [rings[0].tolist()]
         out.append(
             {
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": coords},
                 "properties": {
-                    "object_idx": i - 1,
+                    "object_idx": len(out) - 1,
                     "label": "object",
                     "quality": float(score),
                     "sam_model": model,

@@ -12,9 +12,10 @@ import logging
 from typing import Iterator
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cellsparse_app.jobs import QueueFullError
+from cellsparse_app.jobs import QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,14 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     401: {"description": "Missing or wrong API token (servers started with a token)"},
     404: {"description": "Unknown model or job"},
     413: {"description": "Body or image larger than the server's limits"},
-    422: {"description": "Request body does not match the schema"},
+    422: {"description": "Request body does not match the schema (echoed values are cut "
+                         "to 200 characters)"},
+    503: {"description": "The server is shutting down, or the SAM model asked for cannot run "
+                         "here (the message says why and what to do)"},
 }
+
+#: Longest echo of an offending value in a 422 answer (bodies can be megabytes of base64).
+MAX_ECHO_CHARS = 200
 
 
 class PayloadTooLarge(ValueError):
@@ -47,6 +54,8 @@ def status_for(exc: BaseException) -> int:
         return 501
     if isinstance(exc, QueueFullError):
         return 429
+    if isinstance(exc, ShuttingDownError):
+        return 503
     if isinstance(exc, (FileNotFoundError, KeyError)):
         return 404
     if isinstance(exc, (ValueError, TypeError)):
@@ -68,7 +77,7 @@ def message_for(exc: BaseException) -> str:
 def to_http(exc: BaseException) -> HTTPException:
     """``HTTPException`` for ``exc`` (500s get a generic message; the cause is logged)."""
     status = status_for(exc)
-    if status >= 500 and status != 501:
+    if status >= 500 and status not in (501, 503):
         logger.exception("internal error", exc_info=exc)
         return HTTPException(500, f"internal server error ({type(exc).__name__}); see server log")
     return HTTPException(status, message_for(exc))
@@ -92,7 +101,13 @@ def install_handlers(app: FastAPI) -> None:
         http = to_http(exc)
         return JSONResponse({"detail": http.detail}, status_code=http.status_code)
 
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_short_error(e) for e in exc.errors()[:20]]},
+                            status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
     for exc_type in (
+        ShuttingDownError,
         ValueError,
         TypeError,
         FileNotFoundError,
@@ -102,3 +117,17 @@ def install_handlers(app: FastAPI) -> None:
         PermissionError,
     ):
         app.add_exception_handler(exc_type, handle)
+
+
+def _short_error(error: dict) -> dict:
+    """A validation error with its echoed ``input`` (and ``ctx``) cut to :data:`MAX_ECHO_CHARS`."""
+    out = {k: v for k, v in error.items() if k in ("type", "loc", "msg")}
+    if "input" in error:
+        value = error["input"]
+        text = value if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+        if isinstance(text, str) and len(text) > MAX_ECHO_CHARS:
+            text = f"{text[:MAX_ECHO_CHARS]}... ({len(text)} characters)"
+        out["input"] = text
+    if isinstance(error.get("ctx"), dict):
+        out["ctx"] = {k: str(v)[:MAX_ECHO_CHARS] for k, v in error["ctx"].items()}
+    return out

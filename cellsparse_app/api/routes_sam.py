@@ -5,7 +5,12 @@ prompts are ``(x, y)`` pixel coordinates, answers are lists of GeoJSON Features 
 ``object_idx``, ``label``, ``quality`` and ``sam_model``; ``/sam/version/``, ``POST /sam/weights/``
 and ``/sam/weights/cancel/`` answer plain text. Differences, on purpose: ``checkpoint_url`` and
 registered URLs must pass the SAM engine's allowlist (samapi fetched any URL), a missing or bad
-image is a 4xx, and requests are computed in worker threads so other users stay served.
+image is a 4xx, and requests are computed in worker threads so other users stay served; a
+SAM type whose weights or package are missing answers 503 with the reason instead of silently
+using the classical fallback (see :mod:`cellsparse_app.api.sam_bridge`); samapi's SAM2/SAM3 and
+video routes answer 503 with the reason; empty masks are left out of the Features; a failed
+weights registration answers 200 with ``Registration failed: <reason>`` (the QuPath extension
+shows only 200 bodies) and the ``X-Registration-Failed`` header.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
+from cellsparse_app.api.sam_bridge import unavailable_type_message
 from cellsparse_app.api.state import AppState, get_state
 
 logger = logging.getLogger(__name__)
@@ -42,7 +48,8 @@ class SamBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str = Field("vit_h", description="vit_t, vit_b, vit_l, vit_h or fallback")
+    type: str = Field("vit_h", description="vit_t, vit_b, vit_l, vit_h or fallback (SAM2/SAM3 "
+                      "types answer 503)")
     bbox: Optional[list[int]] = Field(None, min_length=4, max_length=4,
                                       description="[x1, y1, x2, y2]")
     point_coords: Optional[list[list[int]]] = Field(None, description="[[x, y], ...]")
@@ -152,10 +159,21 @@ def get_weights(
 
 
 @router.post("/weights/", response_class=PlainTextResponse,
-             summary="Register (download) weights from an allowlisted URL")
-def register_weights(body: WeightsBody, st: AppState = Depends(get_state)) -> str:
-    with core_errors():
-        return st.sam.register_weights(body.type, body.name, body.url)
+             summary="Register (download) weights from an allowlisted URL",
+             description="Plain text, as samapi. A failure also answers 200, with `Registration "
+             "failed: <reason>` and the header `X-Registration-Failed: <status>`: the QuPath "
+             "extension only shows the body of 200 answers.")
+def register_weights(body: WeightsBody, st: AppState = Depends(get_state)) -> PlainTextResponse:
+    try:
+        with core_errors():
+            return PlainTextResponse(st.sam.register_weights(body.type, body.name, body.url))
+    except HTTPException as exc:
+        if exc.status_code >= 500 and exc.status_code not in (502, 503):
+            raise
+        message = f"Registration failed: {exc.detail}"
+        logger.warning("weights registration of %r (%s) failed: %s", body.name, body.url,
+                       exc.detail)
+        return PlainTextResponse(message, headers={"X-Registration-Failed": str(exc.status_code)})
 
 
 @router.get("/progress/", summary="Progress of the current weights download")
@@ -168,3 +186,26 @@ def progress(st: AppState = Depends(get_state)) -> dict[str, Any]:
 def cancel_download(st: AppState = Depends(get_state)) -> str:
     st.sam.cancel_download()
     return "Cancel signal sent"
+
+
+_SAMAPI_ONLY_ROUTES = {
+    "/sam3/": ("sam3", "SAM3 text and box prompts"),
+    "/upload/": ("sam2_t", "video upload for SAM2/SAM3 tracking"),
+    "/video/": ("sam2_t", "SAM2 video tracking"),
+    "/sam3video/": ("sam3", "SAM3 video tracking"),
+}
+
+
+def _add_unavailable_route(path: str, model_type: str, what: str) -> None:
+    @router.post(path, summary=f"{what}: not available on this server (503)",
+                 responses={503: {"description": "This server cannot run it; `detail` says why"}},
+                 name=f"sam_unavailable_{path.strip('/')}")
+    def unavailable(request: Request) -> JSONResponse:
+        message = f"{what} ({path.strip('/')}) is not available: " + unavailable_type_message(
+            model_type).split(": ", 1)[1]
+        logger.warning("POST /sam%s refused: %s", path, message)
+        return JSONResponse({"detail": message}, status_code=503)
+
+
+for _path, (_type, _what) in _SAMAPI_ONLY_ROUTES.items():
+    _add_unavailable_route(_path, _type, _what)

@@ -1,7 +1,8 @@
 """Our own JSON routes under ``/api/v1``: training jobs, prediction, metrics, models, health.
 
 Richer than the compatible routes: training is asynchronous (submit, poll progress with the loss
-history, cancel), predictions come back as a label TIFF or GeoJSON, models can be listed,
+history, cancel: the model trained so far is saved), job records and queued jobs survive a restart
+(``<data dir>/jobs``), interrupted jobs can be resumed or re-run, predictions come back as a label TIFF or GeoJSON, models can be listed,
 downloaded as a zip and deleted, and predictions can be scored against (sparse) truth.
 """
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import cellsparse_app
 from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
-from cellsparse_app.api.routes_cellsparse import predict_labels, train_config
+from cellsparse_app.api.routes_cellsparse import budget_note, predict_labels, train_config
 from cellsparse_app.api.state import AppState, get_state, require_family
 from cellsparse_app.store import validate_name
 
@@ -99,7 +100,7 @@ def health(st: AppState = Depends(get_state)) -> dict[str, Any]:
     from cellsparse_app.models import list_families
 
     return {
-        "status": "ok",
+        "status": "stopping" if st.runner.closing else "ok",
         "version": cellsparse_app.__version__,
         "families": list_families(),
         "jobs": st.runner.busy(),
@@ -130,7 +131,9 @@ def submit_job(body: TrainJobBody, st: AppState = Depends(get_state)) -> dict[st
 
             image_config = ImageConfig(channels=tuple(body.channels))
         job_id = st.runner.submit(images, labels, cfg, model_name=name, resume=body.resume,
-                                  image_config=image_config)
+                                  image_config=image_config,
+                                  budget_note=budget_note(cfg, st, body.steps, body.max_seconds)
+                                  or None)
         return st.runner.get(job_id).to_dict()
 
 
@@ -145,10 +148,23 @@ def get_job(job_id: str, st: AppState = Depends(get_state)) -> dict[str, Any]:
         return st.runner.get(job_id).to_dict()
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a training job (the stored model is kept)")
+@router.post("/jobs/{job_id}/cancel",
+             summary="Cancel a training job (the model trained so far is saved under its name)")
 def cancel_job(job_id: str, st: AppState = Depends(get_state)) -> dict[str, Any]:
     with core_errors():
         return st.runner.cancel(job_id).to_dict()
+
+
+@router.post("/jobs/{job_id}/resume", status_code=202,
+             summary="Resume an interrupted, cancelled or failed job (a new job)",
+             description="Continues from the model saved under the job's name with the steps "
+             "still to do; `restart=true` runs the job again as it was submitted. The job's "
+             "training data must still be kept (`rerunnable`).")
+def resume_job(job_id: str, restart: bool = False,
+               st: AppState = Depends(get_state)) -> dict[str, Any]:
+    with core_errors():
+        new_id = st.runner.resume(job_id, restart=restart)
+        return st.runner.get(new_id).to_dict()
 
 
 @router.post(

@@ -5,16 +5,23 @@ Everything heavy is the SAM engine's (:mod:`cellsparse_app.sam`); this adapter o
 samapi's vocabulary: ``(x, y)`` prompts, URLs instead of weights names, ``{message, percent}``
 progress. URLs always go through the engine's download policy (https, allowlisted hosts, no
 private addresses, checked redirects) *before* anything else happens.
+
+A client asking for SAM gets SAM or a 503 saying why (missing weights or package) and what to
+do: the classical fallback answers only when asked for by name (``type: "fallback"``) or when the
+server allows it (``ServerSettings.allow_sam_fallback``). samapi's SAM2/SAM3 types
+(:data:`SAMAPI_ONLY_TYPES`) are listed with their official weights, named so that the QuPath
+extension's weights menu says they cannot run here, and answer 503 with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +32,25 @@ logger = logging.getLogger(__name__)
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _REFUSALS = ("refused", "allowlist", "only https", "not allowed", "non-public")
+
+
+#: samapi model types this server cannot run: type -> (official weights URL, what they need).
+SAMAPI_ONLY_TYPES: dict[str, tuple[str, str]] = {
+    **{t: (f"https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_{f}.pt",
+           "SAM2 (the 'sam2' package), which this server does not include")
+       for t, f in (("sam2_l", "large"), ("sam2_bp", "base_plus"), ("sam2_s", "small"),
+                    ("sam2_t", "tiny"))},
+    "sam3": ("https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
+             "SAM3 (the 'sam3' package and gated weights), which this server does not include"),
+}
+
+
+def unavailable_type_message(model_type: str) -> str:
+    """Why samapi's ``model_type`` cannot run here and what to use instead."""
+    _, needs = SAMAPI_ONLY_TYPES[model_type]
+    return (f"SAM model type {model_type!r} is not available on this cellsparse server: it needs "
+            f"{needs}. Choose vit_t (MobileSAM), vit_b, vit_l or vit_h, or use a samapi server "
+            "for SAM2/SAM3.")
 
 
 def _refused(exc: Exception) -> bool:
@@ -52,6 +78,8 @@ class SamService:
         base = SamConfig.from_env()
         if settings.sam_encoder:
             base = base.replace(encoder_engine=settings.sam_encoder)
+        # Missing weights raise (-> 503) unless the server allows the classical fallback.
+        base = base.replace(fallback_if_unavailable=settings.allow_sam_fallback)
         if settings.sam_random_init:
             base = base.replace(checkpoint=None, download=False, random_weights=True)
         self.pool = AnnotatorPool(base, weights=self.weights)
@@ -60,11 +88,38 @@ class SamService:
 
     # -- models ------------------------------------------------------------------------------
     def check_type(self, model_type: str) -> str:
-        """``model_type`` if it is a backend of the engine (ValueError listing them otherwise)."""
+        """``model_type`` if it is a backend of the engine.
+
+        Raises:
+            HTTPException: 503 for samapi's SAM2/SAM3 types (this server cannot run them).
+            ValueError: any other unknown type (the message lists the available ones).
+        """
         from cellsparse_app.sam import get_backend
 
+        if model_type in SAMAPI_ONLY_TYPES:
+            from fastapi import HTTPException
+
+            raise HTTPException(503, unavailable_type_message(model_type))
         get_backend(model_type)
         return model_type
+
+    @contextlib.contextmanager
+    def sam_or_error(self, model_type: str) -> Iterator[None]:
+        """Turn missing weights or packages of ``model_type`` into a 503 saying what to do."""
+        from cellsparse_app.sam import BackendUnavailableError, WeightsUnavailableError
+
+        try:
+            yield
+        except (WeightsUnavailableError, BackendUnavailableError) as exc:
+            from fastapi import HTTPException
+
+            message = (
+                f"SAM model {model_type!r} cannot run on this server: {exc} Register weights "
+                "(POST /sam/weights/), ask for type 'fallback' (classical segmenter, not SAM), "
+                "or start the server with CELLSPARSE_ALLOW_SAM_FALLBACK=1."
+            )
+            logger.warning(message)
+            raise HTTPException(503, message) from None
 
     def check_url(self, url: str) -> str:
         """``url`` if the download policy accepts it (ValueError naming the rule otherwise)."""
@@ -111,6 +166,8 @@ class SamService:
         from cellsparse_app.sam import Prompt
 
         annotator = self.annotator(model_type, checkpoint_url)
+        with self.sam_or_error(model_type):
+            annotator.load()
         h, w = image.shape[:2]
         box = None
         if bbox_xyxy is not None:
@@ -140,6 +197,8 @@ class SamService:
         from cellsparse_app.sam import AutoMaskConfig
 
         annotator = self.annotator(model_type, checkpoint_url)
+        with self.sam_or_error(model_type):
+            annotator.load()
         names = {f.name for f in dataclasses.fields(AutoMaskConfig)}
         cfg = AutoMaskConfig(**{k: v for k, v in params.items() if k in names and v is not None})
         with self._compute:
@@ -148,17 +207,33 @@ class SamService:
 
     # -- weights -----------------------------------------------------------------------------
     def list_weights(self, model_type: str | None) -> list[dict[str, Any]]:
-        """samapi's ``[{type, name, url}]`` (plus ``downloaded``), for one type or all."""
-        if model_type is not None:
+        """samapi's ``[{type, name, url}]`` (plus ``downloaded``/``available``), one type or all.
+
+        samapi's SAM2/SAM3 types get their official weights with a name that says they cannot
+        run here: the QuPath extension shows names in its weights menu, and an empty list
+        would crash it.
+        """
+        if model_type is not None and model_type not in SAMAPI_ONLY_TYPES:
             self.check_type(model_type)
-        return [
+        out = [
             {"type": s.model_type, "name": s.name, "url": s.url,
-             "downloaded": self.weights.is_available(s.name)}
+             "downloaded": self.weights.is_available(s.name), "available": True}
             for s in self.weights.specs(model_type)
-        ]
+        ] if model_type not in SAMAPI_ONLY_TYPES else []
+        for name, (url, _) in SAMAPI_ONLY_TYPES.items():
+            if model_type in (None, name):
+                out.append({"type": name, "name": "NOT AVAILABLE on this server", "url": url,
+                            "downloaded": False, "available": False,
+                            "message": unavailable_type_message(name)})
+        return out
 
     def register_weights(self, model_type: str, name: str, url: str) -> str:
-        """Register and download weights (blocking); samapi's plain-text messages."""
+        """Register and download weights (blocking); samapi's plain-text messages.
+
+        Raises:
+            ValueError: a refused URL, unknown type or type without weights (-> 400).
+            HTTPException: 503 for SAM2/SAM3 types, 502 when the download fails.
+        """
         from cellsparse_app.sam import DownloadCancelled, DownloadError, get_backend
 
         self.check_type(model_type)

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 UI_PATH = "/ui"
 #: Body cap under /ui (file uploads; Gradio enforces its own, smaller, max_file_size).
 UI_MAX_BODY_BYTES = 512 * 2**20
+#: Seconds a stopping server waits for requests in flight (a training stops at its next step
+#: and answers 503 well within this).
+GRACEFUL_SHUTDOWN_SECONDS = 30
 
 _DESCRIPTION = """
 Train cell-segmentation models from sparse annotations, and segment with Segment Anything.
@@ -162,8 +165,28 @@ def serve(
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp / "torchinductor"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
     os.environ.setdefault("CELLSPARSE_CACHE_DIR", str(settings.data_dir / "weights"))
+    # Libraries' own caches (ONNX Runtime, torch kernels, matplotlib ...) follow XDG, not ~/.cache.
+    os.environ.setdefault("XDG_CACHE_HOME", str(tmp / "cache"))
     app = create_app(settings)
     logger.info("cellsparse app %s on http://%s:%d (data: %s)", cellsparse_app.__version__,
                 settings.host, settings.port, settings.data_dir)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    _stopping_server(config, app.state.cellsparse).run()
+
+
+def _stopping_server(config: Any, state: AppState) -> Any:
+    """A uvicorn server that stops training the moment SIGTERM/SIGINT arrives.
+
+    uvicorn first waits for requests in flight and only then runs the app's shutdown; a client
+    waiting for a blocking training would be cut with a bare 500. Stopping the job first lets
+    that request answer a clear 503 (JSON) before the connection closes.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

@@ -16,6 +16,12 @@ ENV_MAX_PIXELS = "CELLSPARSE_MAX_IMAGE_PIXELS"
 ENV_MAX_TRAIN_SECONDS = "CELLSPARSE_MAX_TRAIN_SECONDS"
 #: Test/offline-demo switch: SAM networks with random weights (masks are meaningless).
 ENV_SAM_RANDOM_INIT = "CELLSPARSE_SAM_RANDOM_INIT"
+#: Let the classical fallback answer SAM requests whose weights are missing (and say so).
+ENV_ALLOW_SAM_FALLBACK = "CELLSPARSE_ALLOW_SAM_FALLBACK"
+ENV_MAX_BATCH_PIXELS = "CELLSPARSE_MAX_BATCH_PIXELS"
+#: Estimated training memory per pixel of a batch (activations, gradients, optimizer; fp32
+#: U-Net of 32 base channels, measured order of magnitude), to bound what a request may ask.
+BYTES_PER_BATCH_PIXEL = 2048
 
 #: Environment variable -> (settings field, conversion of its text).
 _ENV_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -23,7 +29,10 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     ENV_MAX_BODY: ("max_body_bytes", lambda megabytes: int(float(megabytes) * 2**20)),
     ENV_MAX_PIXELS: ("max_image_pixels", int),
     ENV_MAX_TRAIN_SECONDS: ("max_train_seconds", float),
+    ENV_MAX_BATCH_PIXELS: ("max_batch_pixels", int),
 }
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 def default_home() -> Path:
@@ -43,8 +52,16 @@ class ServerSettings:
             ``X-API-Token``, or a ``/t/<token>/`` URL prefix for clients that cannot add headers).
         max_body_bytes: larger request bodies are refused with 413 before being read.
         max_image_pixels: larger images are refused with 413 before their pixels are decoded.
-        max_train_seconds: time budget cap of one training request.
+        max_train_seconds: time budget cap of one training request
+            (``CELLSPARSE_MAX_TRAIN_SECONDS``); a blocking training route that reaches it answers
+            with what was trained (``X-Training-*`` headers) and logs it.
         max_train_steps: step cap of one training request.
+        max_batch_pixels: most pixels in one training batch (``batch size x patch side^2``);
+            None: from the machine's memory (:func:`machine_batch_pixels`).
+        allow_sam_fallback: when the weights of the requested SAM type are missing, answer with
+            the classical fallback segmenter (``sam_model: "fallback"``) instead of a 503.
+            Off by default: a client asking for SAM gets SAM or an error
+            (``CELLSPARSE_ALLOW_SAM_FALLBACK=1`` or ``cellsparse serve --allow-sam-fallback``).
         max_pending_jobs: training jobs allowed to wait in the queue (more: 429).
         sam_concurrency: SAM requests computed at the same time (others wait their turn).
         max_points: most SAM point prompts in one request.
@@ -65,6 +82,8 @@ class ServerSettings:
     max_image_pixels: int = 36_000_000
     max_train_seconds: float = 1800.0
     max_train_steps: int = 100_000
+    max_batch_pixels: int | None = None
+    allow_sam_fallback: bool = False
     max_pending_jobs: int = 4
     sam_concurrency: int = 2
     max_points: int = 256
@@ -95,8 +114,10 @@ class ServerSettings:
                 values[field] = convert(text)
             except ValueError:
                 raise ValueError(f"${env} must be a number, got {text!r}") from None
-        if os.environ.get(ENV_SAM_RANDOM_INIT, "").lower() in ("1", "true", "yes"):
+        if os.environ.get(ENV_SAM_RANDOM_INIT, "").lower() in _TRUE:
             values["sam_random_init"] = True
+        if os.environ.get(ENV_ALLOW_SAM_FALLBACK, "").lower() in _TRUE:
+            values["allow_sam_fallback"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -118,6 +139,30 @@ class ServerSettings:
             return ["127.0.0.1", "localhost", "::1", "[::1]", "testserver"]
         return None
 
+    def batch_pixel_limit(self) -> int:
+        """:attr:`max_batch_pixels`, or what half of this machine's memory allows."""
+        return self.max_batch_pixels or machine_batch_pixels()
+
     def replace(self, **changes: Any) -> "ServerSettings":
         """A copy with ``changes``."""
         return dataclasses.replace(self, **changes)
+
+
+def machine_memory_bytes() -> int:
+    """Memory training can use: the first CUDA GPU's if present, else the RAM."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory)
+    except (ImportError, RuntimeError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def machine_batch_pixels() -> int:
+    """Batch pixels that half of this machine's training memory holds (at least 1 Mpixel)."""
+    return max(2**20, machine_memory_bytes() // 2 // BYTES_PER_BATCH_PIXEL)

@@ -36,7 +36,9 @@ class AppState:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(settings.data_dir)
-        self.runner = JobRunner(self.store, max_pending=settings.max_pending_jobs)
+        # Job records and queued jobs survive a restart (``<data dir>/jobs``).
+        self.runner = JobRunner(self.store, max_pending=settings.max_pending_jobs,
+                                journal_dir=settings.data_dir / "jobs")
         self._models: OrderedDict[tuple, "TrainedModel"] = OrderedDict()
         self._models_lock = threading.Lock()
         self._sam: "SamService | None" = None
@@ -82,9 +84,16 @@ class AppState:
             for key in [k for k in self._models if k[:2] == (family, name)]:
                 del self._models[key]
 
-    def close(self) -> None:
-        """Stop training jobs (called on app shutdown)."""
-        self.runner.shutdown(timeout=5.0)
+    def begin_shutdown(self) -> None:
+        """Stop training now (the running job keeps its model and ends ``interrupted``, queued
+        jobs stay on disk) and answer waiting requests with 503; returns at once."""
+        if not self.runner.closing:
+            logger.info("shutting down: stopping training, answering waiting clients with 503")
+        self.runner.shutdown(timeout=0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop training jobs and wait up to ``timeout`` s for them (called on app shutdown)."""
+        self.runner.shutdown(timeout=timeout)
 
 
 def get_state(request: Request) -> AppState:

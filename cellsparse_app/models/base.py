@@ -41,11 +41,18 @@ class ModelConfig(JsonConfig):
         in_channels: number of image channels the network takes.
         base_channels: width of the first U-Net level (doubles per level).
         depth: number of down-sampling levels.
+        diameter: median diameter (pixels) of the annotated objects in the training images;
+            ``None``: not recorded (models saved before object rescaling).
+        scale: resize factor from the training images' pixels to the network's (see
+            :mod:`cellsparse_app.object_scale`); images are resized by it before prediction.
+            Models saved before it load with 1 (no rescaling).
     """
 
     in_channels: int = 1
     base_channels: int = 32
     depth: int = 4
+    diameter: float | None = None
+    scale: float = 1.0
 
 
 class ModelFamily(abc.ABC):

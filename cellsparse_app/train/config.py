@@ -7,6 +7,7 @@ import logging
 
 from cellsparse_app.config import JsonConfig
 from cellsparse_app.device import DEVICES, PRECISIONS
+from cellsparse_app.object_scale import CANONICAL_DIAMETER
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class TrainConfig(JsonConfig):
         scale_range: random zoom range (log-uniform); 1 keeps the pixel size.
         intensity: strength of the random contrast/brightness changes (0 disables them).
         log_every: report progress (and record history) every this many steps.
+        diameter: diameter (pixels) of the cells in the training images; ``None``: measured, the
+            median over the annotated cells (:func:`cellsparse_app.object_scale.median_diameter`).
+        object_diameter: diameter the cells are resized to for the network (the model records
+            the scale, ``object_diameter / diameter``, and predicts at it); ``None``: no
+            rescaling (scale 1). Continued training keeps the initial model's scale.
     """
 
     family: str = "cellpose"
@@ -67,6 +73,8 @@ class TrainConfig(JsonConfig):
     scale_range: tuple[float, float] = (0.7, 1.4)
     intensity: float = 0.25
     log_every: int = 10
+    diameter: float | None = None
+    object_diameter: float | None = CANONICAL_DIAMETER
 
     def __post_init__(self) -> None:
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
@@ -92,6 +100,10 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {low, high}")
         if self.intensity < 0:
             raise ValueError(f"intensity must be >= 0, got {self.intensity}")
+        for name in ("diameter", "object_diameter"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be > 0 pixels or None, got {value!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:

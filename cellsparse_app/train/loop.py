@@ -40,6 +40,7 @@ from cellsparse_app.train.calibration import calibrate_config
 from cellsparse_app.train.config import TrainConfig, TrainProgress
 from cellsparse_app.train.inputs import check_inputs
 from cellsparse_app.train.sampler import PatchSampler
+from cellsparse_app.train.scaling import choose_scale, rescale_training
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def train_iter(
             f"the model takes {model_config.in_channels} channel(s) but the images give {channels}"
             " (choose channels with ImageConfig(channels=...))"
         )
+    model_config = choose_scale(labels, cfg, model_config, initial)
+    prepared, labels = rescale_training(prepared, labels, model_config.scale)
     device = devices.resolve_device(cfg.device)
     return _run(family, prepared, labels, cfg, model_config, image_config, initial, should_stop, device)
 

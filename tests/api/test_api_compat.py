@@ -113,7 +113,7 @@ def test_other_families_train_and_eval(tc_target, real_sample, family):
     assert not (root / "data" / "models" / family / "fam").exists()
 
 
-def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
+def test_training_job_progress_and_cancel_keeps_the_model_trained_so_far(target, real_sample):
     client, root = target
     image = gray(real_sample.image).astype(np.uint8)
     body = {"family": "cellpose", "model_name": "jobs", "images": [b64png(image)],
@@ -136,8 +136,17 @@ def test_training_job_progress_and_cancel_keep_last_model(target, real_sample):
     while client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running":
         time.sleep(0.2)
     final = client.get(f"/api/v1/jobs/{job_id}").json()
-    assert final["state"] == "cancelled" and final["model_saved"] is False
-    assert not (root / "data" / "models" / "cellpose" / "jobs").exists()
+    # the work is kept, as the web app keeps a stopped round: the model so far is stored
+    assert final["state"] == "cancelled" and final["model_saved"] is True
+    assert final["step"] >= 10 and "cancelled after" in final["stop_reason"]
+    config = root / "data" / "models" / "cellpose" / "jobs" / "config.json"
+    assert config.is_file()
+    from cellsparse_app.train import TrainedModel
+
+    stored = TrainedModel.load(config.parent)
+    assert stored.meta["cancelled"] is True and stored.meta["steps"] == final["step"]
+    assert client.post("/api/v1/predict", json={"model_name": "jobs", "image": b64png(image),
+                                                "format": "geojson"}).status_code == 200
 
 
 def _sam_view(real_sample):
