@@ -17,7 +17,7 @@ logger = logging.getLogger("cellsparse_app.cli")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cellsparse_app.io import read_image, read_labels
+    from cellsparse_app.io import ImageConfig, read_image, read_labels
     from cellsparse_app.train import TrainConfig, TrainedModel, train
 
     if len(args.images) != len(args.labels):
@@ -34,7 +34,21 @@ def _train(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.max_seconds is not None:
         overrides["max_seconds"] = args.max_seconds
+    if args.diameter is not None:
+        overrides["diameter"] = args.diameter
+    if args.no_rescale:
+        overrides["object_diameter"] = None
     cfg = TrainConfig().replace(**overrides)
+    image_config = None
+    if args.stain != "none" and initial is None:
+        stain = args.stain
+        if stain == "auto":
+            from cellsparse_app.stains import suggest_stain
+
+            suggestion = suggest_stain(images)
+            stain = suggestion.stain
+            print(f"stain: {suggestion.reason}", flush=True)
+        image_config = ImageConfig(stain=stain)
 
     def report(p) -> None:
         total = f"/{p.total_steps}" if p.total_steps else ""
@@ -43,12 +57,14 @@ def _train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    model = train(images, labels, cfg, initial=initial, progress=report)
+    model = train(images, labels, cfg, image_config=image_config, initial=initial, progress=report)
     out = model.save(args.out)
     calibrated = ", ".join(
         f"{k} {getattr(model.config, k):g}" for k in model.family_impl.calibrated_fields
     )
-    print(f"model written to {out}" + (f" (calibrated: {calibrated})" if calibrated else ""), flush=True)
+    scale = f"cell diameter {model.config.diameter} px, scale {model.config.scale:g}"
+    print(f"model written to {out} (" + (f"calibrated: {calibrated}; " if calibrated else "")
+          + scale + ")", flush=True)
     return 0
 
 
@@ -65,6 +81,8 @@ def _predict(args: argparse.Namespace) -> int:
         cfg = cfg.replace(min_size=args.min_size)
     if args.flow_threshold is not None:
         cfg = cfg.replace(flow_threshold=args.flow_threshold)
+    if args.diameter is not None:
+        cfg = cfg.replace(diameter=args.diameter)
     out_dir = Path(args.out)
     for path in args.images:
         labels = predict_instances(model, read_image(path), cfg)
@@ -139,7 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, help="time budget in seconds")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, help="continue training this model directory")
+    p.add_argument("--init", default=None,
+                   help="continue training this model directory (its scale and stain are kept)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="cell diameter in the training images, pixels (default: the median of "
+                        "the annotated cells); images are resized so cells are 30 px across")
+    p.add_argument("--no-rescale", action="store_true",
+                   help="train at the images' own scale (no object-size normalisation)")
+    p.add_argument("--stain", default="none", choices=["none", "auto", "invert", "hematoxylin"],
+                   help="input option for brightfield/H&E: invert, the haematoxylin channel, or "
+                        "auto (suggested from the images); default none")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="segment images with a trained model")
@@ -154,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "shape by more than this are dropped (default: the model's own, calibrated "
                         "in training on the annotated objects, 0.4 to 1; higher keeps more, "
                         "0 keeps all)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="cell diameter in these images, pixels (default: the model's training "
+                        "diameter); for images of another magnification")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="AP at IoU 0.5/0.75/0.9 of predictions against truth")

@@ -121,6 +121,10 @@ class Workspace(RoundsMixin):
         state = ws._session_state()
         ids = [r.id for r in ws.project.images]
         ws.current = state.get("current") if state.get("current") in ids else (ids or [None])[0]
+        try:
+            ws.margin = check_margin(state.get("margin", ws.margin))
+        except ValueError:
+            logger.warning("ignoring a bad margin in %s", directory)
         return ws
 
     @property
@@ -397,6 +401,7 @@ class Workspace(RoundsMixin):
         0 turns it off. Returns a status message."""
         with self._lock:
             self.margin = check_margin(px)
+            self._save_session_state(margin=self.margin)
         if not self.margin:
             return "Background margin off: mark Background right up to the cells yourself"
         return f"Cells accepted from now on get a {self.margin} px Background margin"

@@ -18,7 +18,7 @@ from bench.conditions import (
     training_labels,
 )
 from bench.report import aggregate, markdown_report
-from bench.sparse import BenchSettings, parse_args
+from bench.sparse import BenchSettings, parse_args, parse_variant
 from bench.throughput import random_patches
 
 
@@ -40,8 +40,8 @@ def test_bad_k(k):
 def test_grid_has_dense_first_and_no_duplicate():
     grid = build_grid()
     assert grid[0].name.startswith("dense")
-    assert Condition("100%", "naive") not in grid
-    assert len(grid) == 5 * 3 - 1
+    assert Condition("100%", "naive") not in grid and Condition("100%", "band") not in grid
+    assert len(grid) == 5 * 4 - 2
     with pytest.raises(ValueError, match="mode"):
         build_grid(["4"], ["bogus"])
 
@@ -70,6 +70,14 @@ def test_labels_per_mode(dsb_fluo):
     assert (bg[dense == 0] == 0).all() and (bg[(dense > 0) & ~chosen] == -1).all()
     assert (nobg[~chosen] == -1).all()
     assert (naive[~chosen] == 0).all() and naive.min() == 0  # unlabelled counted as background
+    band = build_labels(dense, ids, "band")
+    assert (band[chosen] == bg[chosen]).all() and band.max() == 4
+    ring = (band == 0)
+    assert ring.any() and (dense[ring] == 0).all() and ring.sum() < (bg == 0).sum()
+    from scipy import ndimage as ndi
+
+    near = ndi.distance_transform_edt(~chosen)
+    assert near[ring].max() <= 6 and (band[(near > 6)] == -1).all()
     dense_labels = build_labels(dense, np.unique(dense)[1:], "bg")
     assert (dense_labels >= 0).all() and dense_labels.max() == dense.max()
 
@@ -96,7 +104,15 @@ def test_settings_and_arguments():
     assert quick.seconds < 10 and quick.runs() <= 12
     full = parse_args(["--families", "cellpose,stardist", "--seeds", "0,1", "--ks", "1,5%"])
     assert full.families == ("cellpose", "stardist") and full.seeds == (0, 1)
-    assert full.ks == ("1", "5%") and full.runs() == 2 * 2 * 2 * 3 * 2
+    assert full.ks == ("1", "5%") and full.runs() == 2 * 2 * 2 * 4 * 2
+    variants = parse_args(["--variants", "native,d30+out", "--stain", "none"])
+    assert variants.variants == ("native", "d30+out") and variants.stain == "none"
+    assert parse_variant("native") == {"object_diameter": None, "resample": "labels",
+                                       "stain": True}
+    assert parse_variant("d17+out+nostain") == {"object_diameter": 17.0, "resample": "output",
+                                                "stain": False}
+    with pytest.raises(ValueError, match="'x30'"):
+        parse_args(["--variants", "x30"])
     assert parse_args(["--quick", "--steps", "50"]).steps == 50
     default = BenchSettings()
     assert default.runs() * (default.seconds + 10) < 75 * 60  # the full grid fits about an hour

@@ -109,6 +109,34 @@ def test_train_predict_evaluate_round_trip(files):
     assert meta2["steps_done"] == meta["steps_done"] + 3 and meta2["rounds"] == 2
 
 
+def test_diameter_and_stain_options(files):
+    """--diameter sets the training scale (cells resized to 30 px) and predicts other
+    magnifications; --stain auto leaves fluorescence alone; --init keeps the scale."""
+    model = files["root"] / "model_d"
+    result = _cli(
+        "train", *files["images"], "--labels", *files["labels"], "--out", str(model),
+        "--steps", "2", "--device", "cpu", "--diameter", "60", "--stain", "auto",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stain: dark" in result.stdout and "scale 0.5)" in result.stdout
+    saved = json.loads((model / "config.json").read_text())
+    assert saved["model"]["diameter"] == 60 and saved["model"]["scale"] == 0.5
+    assert saved["image"]["stain"] is None
+    out = files["root"] / "pred_d"
+    result = _cli("predict", "--model", str(model), files["test"][0], "--out", str(out),
+                  "--diameter", "30")
+    assert result.returncode == 0, result.stderr
+    assert tifffile.imread(out / "test0.tif").shape == tifffile.imread(files["truth"][0]).shape
+    again = files["root"] / "model_d2"
+    result = _cli("train", *files["images"], "--labels", *files["labels"], "--out", str(again),
+                  "--init", str(model), "--steps", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((again / "config.json").read_text())["model"]["scale"] == 0.5
+    result = _cli("predict", "--model", str(model), files["test"][0], "--out", str(out),
+                  "--diameter", "-4")
+    assert result.returncode == 2 and "-4" in result.stderr
+
+
 def test_cli_errors_are_reported_not_raised(files):
     result = _cli(
         "train", *files["images"], "--labels", files["labels"][0], "--out",

@@ -199,3 +199,116 @@ def test_history_is_thinned(store):
 def test_check_training_data(labels, message):
     with pytest.raises((ValueError, TypeError), match=message):
         check_training_data([np.zeros((32, 32), np.uint8)], [labels])
+
+
+# -- issue 20: cancelled work is kept, records and queued jobs survive a restart ----------------
+
+def _wait_state(runner, job_id, state, timeout=5.0):
+    deadline = time.time() + timeout
+    while runner.get(job_id).state != state and time.time() < deadline:
+        time.sleep(0.01)
+    assert runner.get(job_id).state == state
+
+
+def test_cancelled_job_keeps_the_model_trained_so_far(store):
+    stub = StubTrain(step_time=0.02)
+    runner = JobRunner(store, train_fn=stub)
+    job_id = runner.submit(*_data(), Cfg(steps=1000), model_name="m")
+    deadline = time.time() + 5
+    while runner.get(job_id).step < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    runner.cancel(job_id)
+    snap = runner.wait(job_id, timeout=10)
+    assert snap.state == "cancelled" and snap.model_saved and snap.step >= 3
+    assert "saved as 'm'" in snap.stop_reason and snap.cut
+    stored = json.loads((store.path("cellpose", "m") / "config.json").read_text())
+    assert stored == {"steps": snap.step, "cancelled": True}
+    runner.shutdown()
+
+
+def test_reset_cancel_discards_the_partial_model(store):
+    stub = StubTrain(step_time=0.02)
+    runner = JobRunner(store, train_fn=stub)
+    job_id = runner.submit(*_data(), Cfg(steps=1000), model_name="m")
+    _wait_state(runner, job_id, "running")
+    time.sleep(0.1)
+    assert runner.cancel_model("cellpose", "m") == [job_id]
+    snap = runner.wait(job_id, timeout=10)
+    assert snap.state == "cancelled" and not snap.model_saved
+    assert not store.exists("cellpose", "m")
+    runner.shutdown()
+
+
+def test_records_and_queued_jobs_survive_a_restart(store, tmp_path, monkeypatch):
+    from cellsparse_app.train import TrainConfig
+
+    monkeypatch.setattr(store, "load", lambda fam, name: "MODEL")  # stub models on disk
+    journal = tmp_path / "jobs"
+    stub = StubTrain(step_time=0.02)
+    runner = JobRunner(store, train_fn=stub, journal_dir=journal)
+    done = runner.submit(*_data(), TrainConfig(steps=2), model_name="a")
+    runner.wait(done, timeout=10)
+    running = runner.submit(*_data(), TrainConfig(steps=1000), model_name="b")
+    queued = runner.submit(*_data(), TrainConfig(steps=3), model_name="c")
+    deadline = time.time() + 5
+    while runner.get(running).step < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    runner.shutdown(timeout=10)  # the server stops
+    stopped = runner.get(running)
+    assert stopped.state == "interrupted" and stopped.model_saved and stopped.rerunnable
+    assert runner.get(queued).state == "queued"
+    assert {p.name for p in journal.iterdir()} == {
+        f"{done}.json", f"{running}.json", f"{running}.npz", f"{queued}.json", f"{queued}.npz"}
+
+    again = JobRunner(store, train_fn=StubTrain(), journal_dir=journal)  # the server restarts
+    states = {s.id: s.state for s in again.list()}
+    assert states[done] == "done" and states[running] == "interrupted"
+    assert again.wait(queued, timeout=10).state == "done"  # the queued job ran
+    assert store.exists("cellpose", "c")
+    resumed = again.resume(running)
+    snap = again.wait(resumed, timeout=10)
+    assert snap.state == "done" and snap.resumed_from == running
+    assert snap.steps_requested == 1000 - stopped.step  # the steps still to do
+    assert not again.get(running).rerunnable and not (journal / f"{running}.npz").exists()
+    with pytest.raises(ValueError, match="done"):
+        again.resume(done)
+    again.shutdown()
+
+
+def test_a_crash_marks_running_jobs_interrupted(store, tmp_path, monkeypatch):
+    from cellsparse_app.train import TrainConfig
+
+    monkeypatch.setattr(store, "load", lambda fam, name: "MODEL")
+    journal = tmp_path / "jobs"
+    stub = StubTrain()
+    stub.gate.clear()
+    runner = JobRunner(store, train_fn=stub, journal_dir=journal)
+    job_id = runner.submit(*_data(), TrainConfig(steps=5), model_name="m")
+    _wait_state(runner, job_id, "running")
+    # another process reads the journal while the record still says "running" (a crash)
+    after_crash = JobRunner(store, train_fn=StubTrain(), journal_dir=journal)
+    snap = after_crash.get(job_id)
+    assert snap.state == "interrupted" and "not saved" in snap.stop_reason and snap.rerunnable
+    rerun = after_crash.resume(job_id, restart=True)
+    assert after_crash.wait(rerun, timeout=10).state == "done"
+    stub.gate.set()
+    runner.shutdown()
+    after_crash.shutdown()
+
+
+def test_unreadable_records_are_skipped(store, tmp_path):
+    journal = tmp_path / "jobs"
+    journal.mkdir()
+    (journal / "0123456789ab.json").write_text("{not json")
+    (journal / ".tmp-1234-x.json").write_text("half")
+    runner = JobRunner(store, journal_dir=journal)
+    assert runner.list() == [] and not (journal / ".tmp-1234-x.json").exists()
+
+
+def test_only_foreground_labels_are_warned_about(store):
+    image, labels = _data()
+    labels[0][labels[0] == 0] = -1  # no background left
+    runner = JobRunner(store, train_fn=StubTrain())
+    snap = runner.wait(runner.submit(image, labels, Cfg(steps=1)), timeout=10)
+    assert any("no background" in w for w in snap.warnings)
+    runner.shutdown()

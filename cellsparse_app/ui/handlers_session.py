@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def restore_session(ctx: AppContext) -> Callable[[str | None], tuple]:
     """Handler factory for ``demo.load``. Outputs: workspace state, SAM line, session token,
-    image outputs, rounds outputs."""
+    image outputs, rounds outputs, margin slider, zoom."""
 
     def handler(token: str | None) -> tuple:
         ws, token, restored = ctx.open_workspace(token or None)
@@ -29,6 +29,6 @@ def restore_session(ctx: AppContext) -> Callable[[str | None], tuple]:
             view = ws.view(f"Welcome back: your session was restored ({len(ws.project.images)} "
                            f"image(s), {n} annotated cell(s))") if restored else ws.view()
         return (ws, sam_line(ctx), token, *image_outputs(ws, view, go_annotate=view is not None),
-                *rounds_outputs(ws))
+                *rounds_outputs(ws), ws.margin, ws.viewport.zoom if ws.current else 1)
 
     return handler

@@ -291,16 +291,21 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         image_out = [image_dd, image_info, channels, low, high, tabs, *canvas_out]
         rounds_out = [rounds, round_dd]
 
+        # Gradio's "processing | 0.1s" text goes on the canvas only, never into the counts line.
+        on_canvas = {"show_progress_on": [canvas]}
         demo.load(ses.restore_session(ctx), [session_token],
-                  [state, sam_md, session_token, *image_out, *rounds_out])
-        warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], **sam)
+                  [state, sam_md, session_token, *image_out, *rounds_out, margin, zoom],
+                  **on_canvas)
+        warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], show_progress="minimal",
+                    **sam)
         # Clear the upload box afterwards: the next upload then adds only the new files.
-        files.upload(img.upload, [state, files], image_out).then(
+        files.upload(img.upload, [state, files], image_out, **on_canvas).then(
             lambda: None, None, [files]).success(**warm)
-        example_btn.click(img.load_example(ctx), [state], image_out).success(**warm)
-        image_dd.input(img.select_image, [state, image_dd], image_out).success(**warm)
-        apply_btn.click(img.apply_display, [state, channels, low, high], image_out).success(**warm)
-        remove_btn.click(img.remove_image, [state], image_out)
+        example_btn.click(img.load_example(ctx), [state], image_out, **on_canvas).success(**warm)
+        image_dd.input(img.select_image, [state, image_dd], image_out, **on_canvas).success(**warm)
+        apply_btn.click(img.apply_display, [state, channels, low, high], image_out,
+                        **on_canvas).success(**warm)
+        remove_btn.click(img.remove_image, [state], image_out, **on_canvas)
 
         # Clicks skip the queue: one direct request instead of join + event stream halves the
         # click -> overlay time (measured in the browser test); SamAnnotator is thread-safe and
@@ -318,15 +323,16 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                 (auto_all_btn, ann.accept_all_candidates),
                                 (pred_all_btn, ann.accept_all_predicted)):
             button.click(handler, [state], canvas_out, show_progress="hidden")
-        auto_btn.click(ann.auto_masks, [state], canvas_out, **sam)
-        show_pred.input(ann.show_prediction, [state, show_pred], canvas_out)
+        auto_btn.click(ann.auto_masks, [state], canvas_out, **sam, **on_canvas)
+        show_pred.input(ann.show_prediction, [state, show_pred], canvas_out, **on_canvas)
         margin.input(ann.set_margin, [state, margin], [status], show_progress="hidden",
                      queue=False)
-        cells.select(ann.select_cell_row, [state], canvas_out)
+        cells.select(ann.select_cell_row, [state], canvas_out, **on_canvas)
         brush_acc.expand(ann.load_brush_editor, [state], [editor])
-        paint_bg_btn.click(ann.paint_background, [state, editor], [*canvas_out, editor])
-        paint_fg_btn.click(ann.paint_foreground, [state, editor], [*canvas_out, editor])
-        paint_erase_btn.click(ann.paint_erase, [state, editor], [*canvas_out, editor])
+        for button, handler in ((paint_bg_btn, ann.paint_background),
+                                (paint_fg_btn, ann.paint_foreground),
+                                (paint_erase_btn, ann.paint_erase)):
+            button.click(handler, [state, editor], [*canvas_out, editor], **on_canvas)
 
         # The run itself gives Train back in its last update (done, stopped or refused); the
         # trailing disarm covers a run that never started (e.g. the queue was full).
@@ -336,16 +342,19 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
             **gpu,
         ).then(trn.disarm, None, [train_btn, stop_btn])
         stop_btn.click(trn.stop, [state], [stop_md], concurrency_limit=None)
-        rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out])
+        rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out],
+                           **on_canvas)
 
         predict_btn.click(res.predict, [state, scope, prob, min_size, right, flow_qc],
                           [slider, pred_md, legend, cmp_md], **gpu).success(
             trn.refresh_rounds, [state], rounds_out)
         right.input(res.show_comparison, [state, right], [slider, legend, cmp_md])
-        correct_btn.click(res.correct, [state], [tabs, mode, show_pred, *canvas_out])
+        correct_btn.click(res.correct, [state], [tabs, mode, show_pred, *canvas_out],
+                          **on_canvas)
         export_btn.click(res.export, [state, source, ex_scope, formats], [export_files])
         model_btn.click(res.export_model, [state], [model_file])
         save_btn.click(res.save_project, [state], [project_file])
-        load_file.upload(res.load_project, [state, load_file], [*image_out, *rounds_out])
+        load_file.upload(res.load_project, [state, load_file], [*image_out, *rounds_out],
+                         **on_canvas)
     demo.queue(default_concurrency_limit=8, max_size=128)
     return demo

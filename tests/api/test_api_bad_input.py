@@ -115,13 +115,30 @@ CASES = [
     ("sam-redirector-url", "post", "/sam/",
      sam(type="vit_b", checkpoint_url="https://evil.example/r?to=https://dl.fbaipublicfiles.com/"
          "segment_anything/sam_vit_b_01ec64.pth"), 400, "evil.example"),
-    ("weights-register-hostile-url", "post", "/sam/weights/",
-     {"type": "vit_t", "name": "x", "url": "http://localhost:22/"}, 400, "localhost"),
     ("sam-points-without-labels", "post", "/sam/", sam(point_labels=[]), 400, "point_labels"),
     ("sam-no-prompt", "post", "/sam/", sam(point_coords=[], point_labels=[]), 400, "no prompt"),
     ("sam-bad-point-label", "post", "/sam/", sam(point_labels=[2]), 400, "point_labels"),
     ("sam-point-outside-image", "post", "/sam/", sam(point_coords=[[500, 10]]), 400, "outside"),
-    ("sam-unknown-type", "post", "/sam/", sam(type="sam2_l"), 400, "sam2_l"),
+    ("sam-unknown-type", "post", "/sam/", sam(type="vit_zz"), 400, "vit_zz"),
+    # issue 20: samapi's SAM2/SAM3 types and routes answer 503 with the reason, never 404/400
+    ("sam-sam2-type", "post", "/sam/", sam(type="sam2_l"), 503, "sam2"),
+    ("sam-sam3-type", "post", "/sam/", sam(type="sam3"), 503, "sam3"),
+    ("automask-sam2-type", "post", "/sam/automask/", {"type": "sam2_t", "b64img": GOOD}, 503,
+     "sam2"),
+    ("sam3-route", "post", "/sam/sam3/", {"type": "sam3", "b64img": GOOD, "text_prompt": "cell"},
+     503, "not available"),
+    ("video-route", "post", "/sam/video/", {"type": "sam2_t", "objs": {}}, 503, "not available"),
+    ("sam3video-route", "post", "/sam/sam3video/", {"type": "sam3", "objs": {}}, 503,
+     "not available"),
+    ("upload-route", "post", "/sam/upload/", b"--x--", 503, "not available"),
+    # issue 20: a batch bounded by the machine's memory
+    ("batch-too-large", "post", "/cellpose/", cp(batchsize=256, trainpatch=2048), 400,
+     "pixels per step"),
+    ("v1-batch-too-large", "post", "/api/v1/jobs",
+     {"images": [GOOD], "labels": [GOOD_LBL], "batch_size": 256, "patch_size": 2048}, 400,
+     "pixels per step"),
+    ("v1-resume-unknown-job", "post", "/api/v1/jobs/0123456789ab/resume", None, 404,
+     "0123456789ab"),
     ("sam-huge-image", "post", "/sam/", sam(b64img=png_claiming(50_000, 50_000)), 413, "pixels"),
     ("automask-bad-output-type", "post", "/sam/automask/",
      {"type": "fallback", "b64img": GOOD, "output_type": "everything"}, 400, "output_type"),
@@ -167,3 +184,60 @@ def test_nothing_written_outside_the_data_dir(target):
     assert after == before, after ^ before
     assert (root / "victim" / "keep.txt").read_text() == "precious"
     assert client.get("/api/v1/health").json()["status"] == "ok"
+
+
+# -- issue 20: answers the QuPath extensions can show ------------------------------------------
+
+@pytest.mark.parametrize("model_type", ["sam2_l", "sam2_bp", "sam2_s", "sam2_t", "sam3"])
+def test_weights_of_samapi_only_types_are_listed_not_empty(target, model_type):
+    """The extension crashes on an empty weights list: each type lists its official weights,
+    named so that its weights menu says they cannot run here."""
+    client, _ = target
+    r = client.get(f"/sam/weights/?type={model_type}")
+    assert r.status_code == 200, r.text
+    weights = r.json()
+    assert len(weights) == 1 and weights[0]["type"] == model_type
+    assert "NOT AVAILABLE" in weights[0]["name"] and weights[0]["url"].startswith("https://")
+    assert weights[0]["available"] is False and model_type in weights[0]["message"]
+
+
+def test_failed_weights_registration_says_why_in_a_200_body(target):
+    """The extension shows only 200 bodies ("Registration request failed" otherwise)."""
+    client, _ = target
+    r = client.post("/sam/weights/", json={"type": "vit_t", "name": "x",
+                                           "url": "http://localhost:22/"})
+    assert r.status_code == 200
+    assert r.text.startswith("Registration failed:") and "localhost" in r.text
+    assert r.headers["x-registration-failed"] == "400"
+    assert not any(w["name"] == "x" for w in client.get("/sam/weights/").json())
+
+
+def test_422_does_not_echo_the_whole_body(target):
+    client, _ = target
+    huge = "A" * (2 * MB)
+    r = client.post("/cellpose/", json=cp(b64img=None, b64imgs=huge))
+    assert r.status_code == 422
+    assert len(r.content) < 5000 and "b64imgs" in r.text and "characters" in r.text
+
+
+def test_only_foreground_labels_train_with_a_warning(tc_target):
+    client, _ = tc_target
+    cells_only = np.zeros((64, 64), np.uint16)  # 0 unlabelled, 2 a cell, no 1 (background)
+    cells_only[20:40, 20:40] = 2
+    r = client.post("/cellpose/", json=cp(modelname="fg-only", b64lbl=b64png(cells_only),
+                                          eval=False))
+    assert r.status_code == 200, r.text[:300]
+    assert "no background" in r.headers["x-training-warnings"]
+    job = client.get(f"/api/v1/jobs/{r.headers['x-training-job']}").json()
+    assert any("no background" in w for w in job["warnings"])
+
+
+def test_empty_masks_are_left_out():
+    from cellsparse_app.api.codec import sam_features
+
+    masks = np.zeros((3, 32, 32), bool)
+    masks[1, 5:15, 5:15] = True
+    features = sam_features(masks, [0.9, 0.8, 0.7], "vit_t")
+    assert len(features) == 1 and features[0]["geometry"]["coordinates"]
+    assert features[0]["properties"]["object_idx"] == -1  # numbered without gaps
+    assert features[0]["properties"]["quality"] == pytest.approx(0.8)
