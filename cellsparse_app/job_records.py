@@ -150,7 +150,8 @@ class JobRecord:
             self.stop_reason = f"all {requested} requested steps done"
         elif seconds is not None:
             note = f" ({self.budget_note})" if self.budget_note else ""
-            self.stop_reason = f"time budget of {seconds:g} s reached after {steps_done} steps{note}"
+            self.stop_reason = (f"time budget of {seconds:g} s reached after {steps_done} "
+                                f"steps{note}")
         else:
             self.stop_reason = f"training ended after {steps_done} steps"
 

@@ -2,8 +2,9 @@
 
 Richer than the compatible routes: training is asynchronous (submit, poll progress with the loss
 history, cancel: the model trained so far is saved), job records and queued jobs survive a restart
-(``<data dir>/jobs``), interrupted jobs can be resumed or re-run, predictions come back as a label TIFF or GeoJSON, models can be listed,
-downloaded as a zip and deleted, and predictions can be scored against (sparse) truth.
+(``<data dir>/jobs``), interrupted jobs can be resumed or re-run, predictions come back as a
+label TIFF or GeoJSON, models can be listed, downloaded as a zip and deleted, and predictions can
+be scored against (sparse) truth.
 """
 
 from __future__ import annotations

@@ -72,13 +72,13 @@ def test_job_records_and_queued_jobs_survive_a_restart(tmp_path):
         new = resumed.json()
         assert new["resumed_from"] == long
         assert new["steps_requested"] == 100_000 - stopped["step"]
+        _until(lambda: client.get(f"/api/v1/jobs/{new['id']}").json()["step"] >= 10)
         client.post(f"/api/v1/jobs/{new['id']}/cancel")
         final = _until(lambda: (j := client.get(f"/api/v1/jobs/{new['id']}").json())["state"]
                        == "cancelled" and j)
-        assert final["model_saved"]
-        again = client.post(f"/api/v1/jobs/{long}/resume")
-        assert again.status_code == 404 and "no longer kept" in again.json()["detail"] \
-            or "not kept" in again.json()["detail"]
+        assert final["model_saved"] and final["step"] >= 10
+        again = client.post(f"/api/v1/jobs/{long}/resume")  # its data moved to the new job
+        assert again.status_code == 404 and "not kept" in again.json()["detail"]
 
 
 def test_time_cap_is_said_in_the_reply_and_progress_is_polled(tmp_path):
@@ -148,7 +148,7 @@ def test_sigterm_during_blocking_training_answers_503_and_keeps_the_work(tmp_pat
                         .get("job") or {}).get("step", 0) >= 10)
         server.proc.terminate()  # SIGTERM
         thread.join(60)
-        assert server.proc.wait(60) == 0
+        assert server.proc.wait(60) in (0, -15)  # uvicorn re-raises SIGTERM once stopped
     finally:
         server.stop()
     assert "error" not in answer, answer

@@ -144,6 +144,20 @@ def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
     again = predict_instances(model, ws.project.image(ws.current))
     np.testing.assert_array_equal(again > 0, ws.project.prediction(ws.current) > 0)
 
+    # The untouched Predict tab ("" thresholds, min size 15) and `cellsparse predict` on the
+    # exported model agree (they once gave 38 objects vs 0: the UI skipped the flow check).
+    from cellsparse_app.cli import main as cli_main
+    from cellsparse_app.ui.context import ASSETS_DIR
+
+    _, text, _, _ = res.predict(ws, "current", "", 15, res.PREDICTION, "",
+                                progress=lambda *a, **k: None)
+    in_app = ws.project.prediction(ws.current)
+    assert cli_main(["predict", "--model", str(model_dir), str(ASSETS_DIR / "example_nuclei.png"),
+                     "--out", str(tmp_path / "cli")]) == 0
+    from_cli = tifffile.imread(tmp_path / "cli" / "example_nuclei.tif")
+    assert len(np.unique(from_cli)) == len(np.unique(in_app)) == int(text.split("**")[3]) + 1
+    assert np.mean((from_cli > 0) == (in_app > 0)) > 0.999  # same masks, up to rounding
+
 
 def test_stop_keeps_the_model_and_continue_and_rollback(trained):
     ws, _, _ = trained
