@@ -45,11 +45,12 @@ from bench.conditions import (
     training_labels,
 )
 from bench.report import markdown_report
+from cellsparse_app.object_scale import CANONICAL_DIAMETER
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("dsb2018_fluo_dev", "usiigaci_phase_dev")
-#: ``--variants`` of the default run.
-DEFAULT_VARIANTS = ("d30",)
+#: ``--variants`` of the default run: the library's default canonical diameter.
+DEFAULT_VARIANTS = (f"d{CANONICAL_DIAMETER:g}",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     p.add_argument("--reference-seconds", type=float, help="timed part of the fp32 reference loop")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--variants", help="comma-separated: dN (cells rescaled to N px), native; "
-                                      "suffixes +out, +nostain (default d30)")
+                                      f"suffixes +out, +nostain (default {DEFAULT_VARIANTS[0]})")
     p.add_argument("--stain", choices=["auto", "none"], help="apply suggest_stain (default auto)")
     a = p.parse_args(argv)
     overrides: dict[str, Any] = {}

@@ -284,7 +284,10 @@ def test_a_crash_marks_running_jobs_interrupted(store, tmp_path, monkeypatch):
     stub.gate.clear()
     runner = JobRunner(store, train_fn=stub, journal_dir=journal)
     job_id = runner.submit(*_data(), TrainConfig(steps=5), model_name="m")
-    _wait_state(runner, job_id, "running")
+    record = journal / f"{job_id}.json"
+    deadline = time.time() + 10
+    while json.loads(record.read_text())["state"] != "running" and time.time() < deadline:
+        time.sleep(0.01)
     # another process reads the journal while the record still says "running" (a crash)
     after_crash = JobRunner(store, train_fn=StubTrain(), journal_dir=journal)
     snap = after_crash.get(job_id)

@@ -67,7 +67,7 @@ def cli_round_trip(samples, root: Path, family: str, steps: int = TRAIN_STEPS) -
 def check_saved_model(run: dict, family: str, config_cls, n_outputs: int,
                       steps: int = TRAIN_STEPS) -> None:
     """The CLI's model folder holds ``family`` with default config (apart from the prediction
-    settings training calibrates), loads, and predicts in shape."""
+    settings training calibrates and the measured object scale), loads, and predicts in shape."""
     from cellsparse_app.train import TrainedModel
 
     config = json.loads((run["model"] / "config.json").read_text())
@@ -75,7 +75,8 @@ def check_saved_model(run: dict, family: str, config_cls, n_outputs: int,
     saved = config_cls.from_dict(config["model"])
     from cellsparse_app.models import get_family
 
-    calibrated = get_family(family).calibrated_fields
+    calibrated = get_family(family).calibrated_fields + ("diameter", "scale")
+    assert saved.diameter > 0 and saved.scale > 0
     assert saved.replace(**{k: getattr(config_cls(), k) for k in calibrated}) == config_cls()
     assert config["meta"]["steps_done"] == steps
     model = TrainedModel.load(run["model"])
