@@ -3,7 +3,7 @@
 ``python -m bench user [--data NAME|FILE.npz] [--cells 10] [--images 4] [--test 8] [--seeds 0,1,2]
 [--seconds S | --steps N] [--json]``
 
-Drives the same core calls as the web UI's handlers (a :class:`cellsparse_app.workspace.Workspace`,
+Drives the same core calls as the web UI's handlers (a :class:`cellsparse_app.session.workspace.Workspace`,
 not the CLI). On each of K training images (the split of :mod:`bench.sparse`), N cells chosen at
 random per seed (the objects ``bench.conditions.select_objects`` picks) are annotated like this:
 
@@ -187,7 +187,7 @@ def background_boxes(dense: np.ndarray, n: int = BACKGROUND_BOXES) -> list[tuple
 
 def annotate_cell(ws: Any, cell: np.ndarray) -> tuple[str, tuple[int, int], float | None, int]:
     """Click, fall back to a box, then an outline; accept. Returns (path, click, IoU, presses)."""
-    from cellsparse_app.workspace import BOX, POSITIVE
+    from cellsparse_app.session.workspace import BOX, POSITIVE
 
     click = deepest_point(cell)
     ws.click(row=click[0], col=click[1], mode=POSITIVE)
@@ -218,7 +218,7 @@ def annotate_cell(ws: Any, cell: np.ndarray) -> tuple[str, tuple[int, int], floa
 
 def annotate_image(ws: Any, image_id: str, dense: np.ndarray, ids: Sequence[int],
                    row: dict[str, Any], index: int) -> None:
-    from cellsparse_app.workspace import BACKGROUND_BOX
+    from cellsparse_app.session.workspace import BACKGROUND_BOX
 
     ws.select_image(image_id)
     for cell_id in ids:
@@ -272,8 +272,8 @@ def train_and_score(ws: Any, cfg: Any, test_ids: Sequence[str], truths: Sequence
 
 def run_seed(train: Sequence[Any], test: Sequence[Any], settings: UserSettings, seed: int,
              annotator: Any, root: Path, log=print) -> dict[str, Any]:
+    from cellsparse_app.session.workspace import Workspace
     from cellsparse_app.train import TrainConfig
-    from cellsparse_app.workspace import Workspace
 
     cfg = TrainConfig()  # the UI's defaults, untouched ...
     if settings.steps:  # ... unless a quick check asks for a shorter run
@@ -369,7 +369,7 @@ def report(rows: Sequence[dict[str, Any]], settings: UserSettings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings, as_json = parse_args(argv)
-    from cellsparse_app.prompting import create_annotator
+    from cellsparse_app.session.sam_bridge import create_annotator
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if as_json else (
         lambda m: print(m, flush=True))

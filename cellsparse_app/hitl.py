@@ -3,7 +3,7 @@
 Train a round on the annotated images, predict, compare with the annotations, the ground truth
 and the previous round, export. These functions glue the engines (``train``, ``predict``,
 ``metrics``, ``export``) to the project; the web UI reaches them through
-:class:`~cellsparse_app.workspace.Workspace`.
+:class:`~cellsparse_app.session.workspace.Workspace`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from cellsparse_app import render
 from cellsparse_app.labels import from_dense
 from cellsparse_app.margins import annotation_warnings
 from cellsparse_app.project import Project, RoundRecord
+from cellsparse_app.session import overlays
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def compare(project: Project, image_id: str, display: np.ndarray) -> Comparison:
         against = "ground truth" if truth is not None else "your annotations"
         reference = truth if truth is not None else annotations
         metrics = match_labels(reference, pred, (0.5,))
-        errors = render.error_overlay(display, reference, pred, metrics["fp_ids"][0],
+        errors = overlays.error_overlay(display, reference, pred, metrics["fp_ids"][0],
                                       metrics["fn_ids"][0], metrics["ignored_ids"][0])
     changes, prev_round, n_new, n_removed = None, None, 0, 0
     previous = project.previous_prediction(image_id)
@@ -237,10 +237,10 @@ def compare(project: Project, image_id: str, display: np.ndarray) -> Comparison:
         prev_round, prev = previous
         diff = match_labels(from_dense(prev.astype(np.int64)), pred, (0.5,))
         n_new, n_removed = len(diff["fp_ids"][0]), len(diff["fn_ids"][0])
-        changes = render.change_overlay(display, prev, pred, diff["fn_ids"][0], diff["fp_ids"][0])
+        changes = overlays.change_overlay(display, prev, pred, diff["fn_ids"][0], diff["fp_ids"][0])
     return Comparison(
         image_id=image_id, round=project.active_round or 0, input=display,
-        prediction=render.instances_overlay(display, pred), n_objects=int(len(np.unique(pred)) - 1),
+        prediction=overlays.instances_overlay(display, pred), n_objects=int(len(np.unique(pred)) - 1),
         errors=errors, errors_against=against, metrics=metrics, changes=changes,
         previous_round=prev_round, n_new=n_new, n_removed=n_removed,
     )

@@ -43,7 +43,7 @@ class StubAnnotator:
 
 
 def _workspace(tmp_path, annotator):
-    from cellsparse_app.workspace import Workspace
+    from cellsparse_app.session.workspace import Workspace
 
     image, dense = _disks()
     ws = Workspace.create(tmp_path, sam=lambda: annotator)

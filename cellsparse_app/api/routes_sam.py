@@ -34,6 +34,8 @@ router = APIRouter(prefix="/sam", tags=["samapi compatible"], responses=ERROR_RE
 #: The samapi API level these routes implement (plus our version as build metadata).
 SAMAPI_COMPAT_VERSION = "0.4.0"
 
+#: samapi's automatic mask ``output_type`` values (what each does:
+#: :data:`cellsparse_app.sam.automask.SAMAPI_OUTPUT_TYPES`).
 OUTPUT_TYPES = (
     "Single mask",
     "Multi-mask (all)",

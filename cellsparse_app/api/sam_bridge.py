@@ -191,16 +191,21 @@ class SamService:
         """All objects: ``(masks bool (N, H, W), scores (N,), model name)``.
 
         ``params`` are samapi's generator fields; those of
-        :class:`~cellsparse_app.sam.AutoMaskConfig` are used. Overlaps are always resolved (one
-        object per pixel), whatever ``output_type`` says.
+        :class:`~cellsparse_app.sam.AutoMaskConfig` are used, and ``output_type`` (samapi's
+        five values, :data:`~cellsparse_app.sam.automask.SAMAPI_OUTPUT_TYPES`) sets one or three
+        masks per prompt and which duplicate wins; ``Multi-mask (all)`` returns overlapping
+        masks whole, the others one object per pixel.
         """
         from cellsparse_app.sam import AutoMaskConfig
+        from cellsparse_app.sam.automask import output_type_config
 
+        names = {f.name for f in dataclasses.fields(AutoMaskConfig)}
+        cfg = AutoMaskConfig(**{k: v for k, v in params.items() if k in names and v is not None})
+        if params.get("output_type") is not None:
+            cfg = output_type_config(str(params["output_type"]), cfg)
         annotator = self.annotator(model_type, checkpoint_url)
         with self.sam_or_error(model_type):
             annotator.load()
-        names = {f.name for f in dataclasses.fields(AutoMaskConfig)}
-        cfg = AutoMaskConfig(**{k: v for k, v in params.items() if k in names and v is not None})
         with self._compute:
             result = annotator.generate(image, cfg)
         return result.masks(), result.scores, result.model

@@ -37,6 +37,8 @@ ENCODER_ENGINES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_MODES = ("single", "all", "largest", "smallest", "best")
+#: Which automatic mask wins when two overlap (:attr:`AutoMaskConfig.priority`).
+PRIORITIES = ("quality", "smallest", "largest", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +168,16 @@ class AutoMaskConfig(JsonConfig):
             (typically "the background"); 1.0 keeps everything.
         min_visible_fraction: when masks overlap, smaller masks are painted over larger ones; a
             mask left with less than this fraction of its own area visible is dropped.
+        multimask_output: three candidate masks per point prompt (SAM's generator, default);
+            False: SAM's single-output mask, one per prompt.
+        priority: which of two duplicate masks (box IoU above ``box_nms_thresh``) is kept:
+            ``quality`` (the higher predicted IoU: SAM's own NMS), ``smallest``, ``largest``
+            (by area), or ``none``: keep overlapping masks (only near-identical copies from
+            neighbouring prompts are merged); the result then carries every mask whole
+            (:attr:`~cellsparse_app.sam.automask.AutoMaskResult.overlapping`). samapi's
+            ``output_type`` values map onto these two fields
+            (:data:`cellsparse_app.sam.automask.SAMAPI_OUTPUT_TYPES`). The fallback engine has
+            one mask per object, so only ``none`` vs. the others can differ there.
     """
 
     points_per_side: int = 32
@@ -181,8 +193,14 @@ class AutoMaskConfig(JsonConfig):
     min_mask_region_area: int = 0
     max_mask_region_fraction: float = 1.0
     min_visible_fraction: float = 0.5
+    multimask_output: bool = True
+    priority: str = "quality"
 
     def __post_init__(self) -> None:
+        _check_choice("priority", self.priority, PRIORITIES)
+        if not isinstance(self.multimask_output, bool):
+            raise TypeError("multimask_output must be true or false, got "
+                            f"{self.multimask_output!r}")
         _check_range("points_per_side", self.points_per_side, 1, 256, integer=True)
         _check_range("points_per_batch", self.points_per_batch, 1, 4096, integer=True)
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
@@ -196,12 +214,19 @@ class AutoMaskConfig(JsonConfig):
         _check_range("min_mask_region_area", self.min_mask_region_area, 0, 10**9, integer=True)
 
     def sam_kwargs(self) -> dict:
-        """Keyword arguments for ``SamAutomaticMaskGenerator`` (SAM's own parameters only)."""
+        """Keyword arguments for ``SamAutomaticMaskGenerator`` (SAM's own parameters only).
+
+        With a ``priority`` other than ``quality`` SAM's own NMS is switched off
+        (``box_nms_thresh=1``): :func:`cellsparse_app.sam.automask.suppress_duplicates` then
+        removes duplicates in the priority's order."""
         names = ("points_per_side", "points_per_batch", "pred_iou_thresh",
                  "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
                  "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
                  "crop_n_points_downscale_factor", "min_mask_region_area")
-        return {n: getattr(self, n) for n in names}
+        kwargs = {n: getattr(self, n) for n in names}
+        if self.priority != "quality":
+            kwargs["box_nms_thresh"] = 1.0
+        return kwargs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,12 +205,15 @@ class SamEngine:
             self._pe = self.model.prompt_encoder.get_dense_pe()
         return self._pe
 
-    def predictor_for_automask(self, embed: Any, on_batch: Any = None) -> Any:
+    def predictor_for_automask(self, embed: Any, on_batch: Any = None, *,
+                               multimask: bool = True) -> Any:
         """A ``SamPredictor`` of the backend's library whose ``set_image`` uses ``embed``.
 
         ``embed(rgb) -> SamEmbedding`` lets automatic mask generation reuse cached embeddings
         and this engine's encoder (ONNX, autocast); prompts go through the fast decoder.
-        ``on_batch()`` is called after each batch of prompts (progress).
+        ``on_batch()`` is called after each batch of prompts (progress). ``multimask`` False:
+        SAM's single-output mask per prompt, whatever the generator asks for (its
+        ``multimask_output=True`` is fixed in ``SamAutomaticMaskGenerator``).
         """
         base = importlib.import_module(f"{self.spec.module}.predictor").SamPredictor
 
@@ -230,6 +233,7 @@ class SamEngine:
                               multimask_output=True, return_logits=False):
                 if on_batch is not None:
                     on_batch()
+                multimask_output = multimask_output and multimask
                 if self.decoder_cache is None or mask_input is not None:
                     return super().predict_torch(point_coords, point_labels, boxes, mask_input,
                                                  multimask_output, return_logits)

@@ -1,4 +1,4 @@
-"""The Gradio web app (a thin front end over :mod:`cellsparse_app.workspace`).
+"""The Gradio web app (a thin front end over :mod:`cellsparse_app.session.workspace`).
 
     from cellsparse_app.ui import build_demo, launch_options
     build_demo().launch(**launch_options())

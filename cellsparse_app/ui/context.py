@@ -1,7 +1,7 @@
 """What one running web app shares between its users: settings and the lazily loaded SAM model.
 
 Per-user data never lives here: each browser session gets its own
-:class:`~cellsparse_app.workspace.Workspace` (in ``gr.State``) with a private project folder.
+:class:`~cellsparse_app.session.workspace.Workspace` (in ``gr.State``) with a private project folder.
 Only the SAM annotator is shared, read-only apart from its thread-safe embedding cache.
 """
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cellsparse_app.sessions import new_session_token, remove_stale_sessions, session_folder
-from cellsparse_app.workspace import Workspace
+from cellsparse_app.session.folders import new_session_token, remove_stale_sessions, session_folder
+from cellsparse_app.session.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AppContext:
     """Settings plus the shared, lazily created SAM annotator (thread-safe).
 
     Creating it (once per server start) removes the session folders a previous run left
-    behind (see :func:`cellsparse_app.sessions.remove_stale_sessions`).
+    behind (see :func:`cellsparse_app.session.folders.remove_stale_sessions`).
     """
 
     def __init__(self, settings: AppSettings | None = None) -> None:
@@ -95,14 +95,14 @@ class AppContext:
         """The shared ``SamAnnotator`` (created on first use)."""
         with self._lock:
             if self._annotator is None:
-                from cellsparse_app.prompting import create_annotator
+                from cellsparse_app.session.sam_bridge import create_annotator
 
                 self._annotator = create_annotator(self.settings.sam_model)
             return self._annotator
 
     def sam_description(self) -> tuple[str, str | None]:
         """Which SAM backend answers clicks and, for the fallback, why (loads it)."""
-        from cellsparse_app.prompting import describe_annotator
+        from cellsparse_app.session.sam_bridge import describe_annotator
 
         return describe_annotator(self.annotator())
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import gradio as gr
 
+from cellsparse_app.session.workspace import CENTRE, Workspace
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.handlers_images import canvas_outputs
-from cellsparse_app.workspace import CENTRE, Workspace
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 import gradio as gr
 
 from cellsparse_app.io import ImageConfig
+from cellsparse_app.session.workspace import CanvasView, Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.context import AppContext
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.imagefile import png_file
-from cellsparse_app.workspace import CanvasView, Workspace
 
 logger = logging.getLogger(__name__)
 

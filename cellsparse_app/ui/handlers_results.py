@@ -10,12 +10,12 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from cellsparse_app.session.workspace import SELECT, Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.fields import optional_float, optional_int
 from cellsparse_app.ui.handlers_images import ANNOTATE_TAB, image_outputs
 from cellsparse_app.ui.handlers_train import rounds_outputs
-from cellsparse_app.workspace import SELECT, Workspace
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ reload, a crash of the tab or a closed and reopened tab comes back to the same w
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from cellsparse_app.ui.context import AppContext
 from cellsparse_app.ui.handlers_images import image_outputs, sam_line

@@ -15,11 +15,11 @@ import gradio as gr
 import pandas as pd
 
 from cellsparse_app.hitl import Notice
+from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require, to_gr_error
 from cellsparse_app.ui.fields import optional_float, optional_int
 from cellsparse_app.ui.handlers_images import canvas_outputs
-from cellsparse_app.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

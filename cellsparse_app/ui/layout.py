@@ -1,7 +1,7 @@
 """The Gradio Blocks of the web app: components and event wiring, nothing else.
 
 Steps: images (sidebar) -> ① Annotate -> ② Train -> ③ Predict & compare -> ④ Export. Per-user
-state is one :class:`~cellsparse_app.workspace.Workspace` in ``gr.State`` (created when the page
+state is one :class:`~cellsparse_app.session.workspace.Workspace` in ``gr.State`` (created when the page
 loads, deleted with the session). Trainings and predictions share the ``"gpu"`` concurrency
 group; SAM embeddings and automatic masks have their own group and clicks bypass the queue, so
 clicks stay fast while someone trains.
@@ -21,17 +21,9 @@ from cellsparse_app.hitl import (
     family_advice,
     family_choices,
 )
-from cellsparse_app.predict import PredictConfig
 from cellsparse_app.margins import DEFAULT_MARGIN_PX
-from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
-from cellsparse_app.ui import formatting as fmt
-from cellsparse_app.ui import handlers_annotate as ann
-from cellsparse_app.ui import handlers_images as img
-from cellsparse_app.ui import handlers_results as res
-from cellsparse_app.ui import handlers_session as ses
-from cellsparse_app.ui import handlers_train as trn
-from cellsparse_app.ui.context import AppContext
-from cellsparse_app.workspace import (
+from cellsparse_app.predict import PredictConfig
+from cellsparse_app.session.workspace import (
     BACKGROUND_BOX,
     BOX,
     CENTRE,
@@ -42,6 +34,14 @@ from cellsparse_app.workspace import (
     SELECT,
     ZOOM_FACTORS,
 )
+from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
+from cellsparse_app.ui import formatting as fmt
+from cellsparse_app.ui import handlers_annotate as ann
+from cellsparse_app.ui import handlers_images as img
+from cellsparse_app.ui import handlers_results as res
+from cellsparse_app.ui import handlers_session as ses
+from cellsparse_app.ui import handlers_train as trn
+from cellsparse_app.ui.context import AppContext
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from cellsparse_app import render
+from cellsparse_app.session import overlays
+from cellsparse_app.session.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
 from cellsparse_app.ui import handlers_annotate as ann
-from cellsparse_app.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
 
 CANVAS, STATUS, SUMMARY, CELLS = range(4)
 
@@ -55,7 +55,7 @@ def test_negative_point_and_box_prompts(example_ws, example_truth, inner_point, 
     out = _click(ws, BOX, (rows.min() - 3, cols.min() - 3), click_at)
     assert "opposite corner" in out[STATUS] and ws.prompts.preview is None
     _click(ws, BOX, (rows.max() + 3, cols.max() + 3), click_at)
-    box = render.box_mask(example_truth.shape, ws.prompts.box)
+    box = overlays.box_mask(example_truth.shape, ws.prompts.box)
     assert ws.prompts.preview.any() and not (ws.prompts.preview & ~box).any()
     assert _iou(ws.prompts.preview, example_truth == 8) >= 0.5
 

@@ -8,8 +8,8 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from cellsparse_app.session.workspace import BACKGROUND_BOX, CENTRE, ERASE, OUTLINE, POSITIVE
 from cellsparse_app.ui import handlers_annotate as ann
-from cellsparse_app.workspace import BACKGROUND_BOX, CENTRE, ERASE, OUTLINE, POSITIVE
 
 CANVAS, STATUS, SUMMARY, CELLS, EDITOR = range(5)
 SHAPE = (360, 360)

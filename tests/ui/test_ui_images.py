@@ -107,8 +107,8 @@ def test_handlers_before_the_session_exists_explain():
 
 
 def test_core_never_imports_gradio():
-    code = ("import sys, cellsparse_app.workspace, cellsparse_app.project, cellsparse_app.hitl, "
-            "cellsparse_app.render; print('gradio' in sys.modules)")
+    code = ("import sys, cellsparse_app.session.workspace, cellsparse_app.project, cellsparse_app.hitl, "
+            "cellsparse_app.session.overlays; print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

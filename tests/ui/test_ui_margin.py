@@ -11,8 +11,8 @@ from scipy import ndimage as ndi
 
 from cellsparse_app import hitl
 from cellsparse_app.margins import DEFAULT_MARGIN_PX, annotation_warnings
+from cellsparse_app.session.workspace import POSITIVE
 from cellsparse_app.ui import handlers_annotate as ann
-from cellsparse_app.workspace import POSITIVE
 
 CANVAS, STATUS, SUMMARY, CELLS = range(4)
 
@@ -113,7 +113,7 @@ def test_huge_mask_is_flagged_and_needs_a_second_press(example_ws, example_truth
         ws.accept_foreground()
     clump = np.zeros(example_truth.shape, bool)
     clump[200:310, 200:310] = True  # 12100 px: 9% of the image but > 4x the median cell
-    monkeypatch.setattr("cellsparse_app.workspace.prompting.segment",
+    monkeypatch.setattr("cellsparse_app.session.workspace.sam_bridge.segment",
                         lambda *args: (clump, 0.9, "stub"))
     out = ann.click(ws, POSITIVE, click_at(250, 250))
     assert "Check it: this mask has 12100 px, 4.8x the median" in out[STATUS]
@@ -127,7 +127,7 @@ def test_huge_mask_is_flagged_and_needs_a_second_press(example_ws, example_truth
     assert out[SUMMARY].startswith("**4** Foreground cells")
     assert int((ws.project.labels(ws.current) == 4).sum()) == int((clump & (before < 1)).sum())
     # A plausible click is not flagged.
-    monkeypatch.setattr("cellsparse_app.workspace.prompting.segment",
+    monkeypatch.setattr("cellsparse_app.session.workspace.sam_bridge.segment",
                         lambda *args: (example_truth == 19, 0.9, "stub"))
     out = ann.click(ws, POSITIVE, click_at(10, 10))
     assert "Check it" not in out[STATUS]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from cellsparse_app.sessions import SESSION_PREFIX, remove_stale_sessions
-from cellsparse_app.workspace import Workspace
+from cellsparse_app.session.folders import SESSION_PREFIX, remove_stale_sessions
+from cellsparse_app.session.workspace import Workspace
 
 HOUR = 3600.0
 

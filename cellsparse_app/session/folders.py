@@ -1,7 +1,7 @@
 """Per-browser-session folders on disk, and removal of those a previous server run left behind.
 
 Each browser session works in its own folder ``<session root>/session-<token>`` (see
-:meth:`cellsparse_app.workspace.Workspace.create`). The browser keeps the secret token, so a
+:meth:`cellsparse_app.session.workspace.Workspace.create`). The browser keeps the secret token, so a
 reload (or a closed and reopened tab) finds its images, annotations and rounds again; the folder
 therefore outlives the page. Folders in which nothing changed for longer than a configurable age
 are deleted by :func:`remove_stale_sessions`, which the web app calls at start-up and from time
@@ -11,6 +11,7 @@ root).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Collection
+from typing import Any, Collection
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +97,27 @@ def _changed_since(folder: Path, cutoff: float) -> bool:
             except FileNotFoundError:  # deleted meanwhile by its own session
                 continue
     return False
+
+
+class SessionFile:
+    """A session folder's small JSON state -- the project folder, the current image, the margin --
+    that a page reload needs beyond the project itself. Written atomically (a reload never reads
+    half a file); a missing or unreadable file reads as ``{}``."""
+
+    NAME = "session.json"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / self.NAME
+
+    def read(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def update(self, **changes: Any) -> None:
+        state = {**self.read(), **changes}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path)

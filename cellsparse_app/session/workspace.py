@@ -12,7 +12,6 @@ Coordinates are ``(row, col)``; the UI converts Gradio's ``(x, y)`` before calli
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
@@ -22,13 +21,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cellsparse_app import drawing, prompting, render
+from cellsparse_app import drawing
 from cellsparse_app.annotations import AnnotationSummary
 from cellsparse_app.io import ImageConfig, read_image
 from cellsparse_app.margins import DEFAULT_MARGIN_PX, check_margin
 from cellsparse_app.plausibility import AcceptGuard, implausible_mask_reason
 from cellsparse_app.project import Project
-from cellsparse_app.prompting import (  # noqa: F401  (the click modes are part of this API)
+from cellsparse_app.session import overlays, sam_bridge
+from cellsparse_app.session.folders import SESSION_PREFIX, SessionFile, session_folder
+from cellsparse_app.session.rounds import RoundsMixin
+from cellsparse_app.session.sam_bridge import (  # noqa: F401  (the click modes are part of this API)
     BACKGROUND_BOX,
     BOX,
     CENTRE,
@@ -40,21 +42,17 @@ from cellsparse_app.prompting import (  # noqa: F401  (the click modes are part 
     SELECT,
     Prompts,
 )
-from cellsparse_app.sessions import SESSION_PREFIX, session_folder
-from cellsparse_app.viewport import ZOOM_FACTORS, Viewport  # noqa: F401  (zoom is part of this API)
-from cellsparse_app.workspace_rounds import RoundsMixin
+from cellsparse_app.session.viewport import ZOOM_FACTORS, Viewport  # noqa: F401  (zoom is part of this API)
 
 logger = logging.getLogger(__name__)
 
-#: The session folder's small state file (project folder, current image) for page reloads.
-SESSION_FILE = "session.json"
 
 @dataclasses.dataclass(frozen=True)
 class CanvasView:
     """Everything the annotation canvas shows.
 
     Attributes:
-        image: ``uint8 (H, W, 3)`` overlay (see :mod:`cellsparse_app.render`).
+        image: ``uint8 (H, W, 3)`` overlay (see :mod:`cellsparse_app.session.overlays`).
         summary: counts of the current image's annotation.
         message: what just happened, for the status line.
         has_preview: a SAM mask is waiting to be accepted.
@@ -84,6 +82,7 @@ class Workspace(RoundsMixin):
 
     def __init__(self, directory: str | Path, sam: Callable[[], Any] | None = None) -> None:
         self.directory = Path(directory)
+        self._state_file = SessionFile(directory)
         self._sam = sam
         self._project: Project | None = None
         self._lock = threading.RLock()
@@ -105,7 +104,7 @@ class Workspace(RoundsMixin):
         cls, root: str | Path, sam: Callable[[], Any] | None = None, *, token: str | None = None
     ) -> "Workspace":
         """A workspace in a fresh private folder under ``root`` (named after ``token``, see
-        :func:`~cellsparse_app.sessions.session_folder`, or random)."""
+        :func:`~cellsparse_app.session.folders.session_folder`, or random)."""
         Path(root).mkdir(parents=True, exist_ok=True)
         if token is None:
             return cls(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=root), sam)
@@ -118,7 +117,7 @@ class Workspace(RoundsMixin):
         """The workspace of an existing session folder (after a page reload), showing the image
         that was current."""
         ws = cls(directory, sam)
-        state = ws._session_state()
+        state = ws._state_file.read()
         ids = [r.id for r in ws.project.images]
         ws.current = state.get("current") if state.get("current") in ids else (ids or [None])[0]
         try:
@@ -131,27 +130,12 @@ class Workspace(RoundsMixin):
     def project(self) -> Project:
         with self._lock:
             if self._project is None:
-                folder = self._session_state().get("project", "project")
+                folder = self._state_file.read().get("project", "project")
                 self._project = Project(self.directory / Path(folder).name)
             return self._project
 
-    def _session_state(self) -> dict[str, Any]:
-        """What a reload needs beyond the project: its folder and the current image."""
-        try:
-            state = json.loads((self.directory / SESSION_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
-    def _save_session_state(self, **changes: Any) -> None:
-        state = {**self._session_state(), **changes}
-        path = self.directory / SESSION_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)  # atomic: a reload never reads half a file
-
     def _use_project_folder(self, folder: Path) -> None:
-        self._save_session_state(project=Path(folder).name)
+        self._state_file.update(project=Path(folder).name)
 
     def close(self) -> None:
         """Delete the session folder (the user closed the page)."""
@@ -204,7 +188,7 @@ class Workspace(RoundsMixin):
             self.current = image_id
             self._reset_prompts()
             self.candidates = None
-            self._save_session_state(current=image_id)
+            self._state_file.update(current=image_id)
         return self.view(f"Showing {self.project.record(image_id).name}")
 
     def remove_current(self) -> str | None:
@@ -214,7 +198,7 @@ class Workspace(RoundsMixin):
         remaining = [r.id for r in self.project.images]
         self.current = remaining[0] if remaining else None
         self._reset_prompts()
-        self._save_session_state(current=self.current)
+        self._state_file.update(current=self.current)
         return self.current
 
     def set_display(self, config: ImageConfig) -> CanvasView:
@@ -228,13 +212,13 @@ class Workspace(RoundsMixin):
         key = (image_id, self.project.image_config)
         with self._lock:
             if self._display_key != key:
-                self._display = render.to_display(self.project.image(image_id), key[1])
+                self._display = overlays.to_display(self.project.image(image_id), key[1])
                 self._display_key = key
             return self._display  # type: ignore[return-value]
 
     def prepare_sam(self) -> str:
         """Compute the SAM embedding of the current image now, so that clicks answer at once."""
-        return prompting.prepare(self._annotator(), self.display())
+        return sam_bridge.prepare(self._annotator(), self.display())
 
     # -- annotating ----------------------------------------------------------------------------
     def click(self, row: int, col: int, mode: str) -> CanvasView:
@@ -270,7 +254,7 @@ class Workspace(RoundsMixin):
                 p.points.append((row, col))
                 p.labels.append(1 if mode == POSITIVE else 0)
             self.selected = None
-            mask, score, model = prompting.segment(self._annotator(), self.display(), p.points,
+            mask, score, model = sam_bridge.segment(self._annotator(), self.display(), p.points,
                                                    p.labels, p.box)
             p.preview, p.score = mask, score
             area = int(mask.sum())
@@ -368,7 +352,7 @@ class Workspace(RoundsMixin):
     def auto_masks(self) -> CanvasView:
         """SAM automatic mask generation: candidates to pick from (Select mode) or accept."""
         with self._lock:
-            self.candidates = prompting.auto_masks(self._annotator(), self.display())
+            self.candidates = sam_bridge.auto_masks(self._annotator(), self.display())
             n = int(len(np.unique(self.candidates)) - 1)
             return self.view(f"{n} candidate masks (magenta): select one and Accept, or accept all")
 
@@ -401,7 +385,7 @@ class Workspace(RoundsMixin):
         0 turns it off. Returns a status message."""
         with self._lock:
             self.margin = check_margin(px)
-            self._save_session_state(margin=self.margin)
+            self._state_file.update(margin=self.margin)
         if not self.margin:
             return "Background margin off: mark Background right up to the cells yourself"
         return f"Cells accepted from now on get a {self.margin} px Background margin"
@@ -451,7 +435,7 @@ class Workspace(RoundsMixin):
             if self.selected:
                 objects = labels if self.selected[0] == "cell" else self._objects(self.selected[0])
                 selected = None if objects is None else objects == self.selected[1]
-            image = render.annotation_overlay(
+            image = overlays.annotation_overlay(
                 self.display(), labels, preview=p.preview, points=p.points, point_labels=p.labels,
                 box=p.box, box_start=p.box_start, outline=p.outline, prediction=prediction,
                 candidates=self.candidates, selected=selected, window=self.viewport.window,
@@ -516,7 +500,7 @@ class Workspace(RoundsMixin):
         vp = self.viewport
         if isinstance(layers, np.ndarray) and layers.dtype == bool and layers.shape == vp.shape:
             return layers
-        return vp.paste(render.painted_mask(layers, vp.crop_shape))
+        return vp.paste(overlays.painted_mask(layers, vp.crop_shape))
 
     def _outline_vertex(self, row: int, col: int) -> CanvasView:
         vertices = [*self.prompts.outline, (float(row), float(col))]
@@ -560,7 +544,7 @@ class Workspace(RoundsMixin):
             return self.view("Background box: now click the opposite corner")
         box = (*p.box_start, row, col)
         image_id = self._require_image()
-        mask = render.box_mask(self.project.record(image_id).shape, box)
+        mask = overlays.box_mask(self.project.record(image_id).shape, box)
         n = self.project.editor(image_id).add_background(mask)
         self.project.edited(image_id)
         self._reset_prompts()

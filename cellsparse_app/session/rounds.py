@@ -16,7 +16,7 @@ from cellsparse_app import hitl
 from cellsparse_app.project import Project, RoundRecord
 
 if TYPE_CHECKING:
-    from cellsparse_app.workspace import CanvasView
+    from cellsparse_app.session.workspace import CanvasView
 
 logger = logging.getLogger(__name__)
 

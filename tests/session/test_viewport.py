@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellsparse_app.viewport import ZOOM_FACTORS, Viewport
+from cellsparse_app.session.viewport import ZOOM_FACTORS, Viewport
 
 
 def test_crops_are_a_zoomth_of_each_side_and_stay_inside():
