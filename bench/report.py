@@ -43,7 +43,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"training per run, {settings['n_train']} training / up to {settings['n_test']} held-out "
         f"test images per data set; machine: {platform.machine()}, {_cpus()} CPU(s), device "
         f"{settings['device']}. AP pooled over test images, mean ± std over seeds. Background = "
-        "all background pixels of the dense ground truth. objects = annotated objects in total.",
+        "all background pixels of the dense ground truth (band: a 6-px ring of it around each "
+        "annotated object). objects = annotated objects in total.",
         "",
         f"Load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}: "
         f"timings are comparable only on an otherwise idle machine ({_cpus()} cores).",

@@ -20,6 +20,7 @@ from cellsparse_app.labels import from_dense
 from cellsparse_app.margins import annotation_warnings
 from cellsparse_app.project import Project, RoundRecord
 from cellsparse_app.session import overlays
+from cellsparse_app.training_slot import TrainingSlot, process_slot
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ EXPORT_FORMATS: dict[str, tuple[str, str]] = {
 }
 #: Most points kept in a round's stored loss curve.
 HISTORY_POINTS = 500
+#: Seconds between two :class:`Waiting` items while a round waits for the training slot.
+WAIT_POLL = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,21 @@ class Notice:
     """A warning for the user, yielded by :func:`train_round` before training starts."""
 
     text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    """Yielded by :func:`train_round` while other trainings hold the process's training slot.
+
+    Attributes:
+        ahead: trainings before this one (training now or waiting ahead).
+    """
+
+    ahead: int
+
+    @property
+    def text(self) -> str:
+        return f"waiting for a free training slot: {self.ahead} ahead"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +98,24 @@ def train_round(
     *,
     continue_training: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    slot: TrainingSlot | None = None,
 ) -> Generator[Any, None, RoundRecord | None]:
     """Train on every annotated image and save the model as the next round.
 
     Yields :class:`Notice` items first (:func:`~cellsparse_app.margins.annotation_warnings`: no
-    Background annotated, or none near the cells), then the engine's
-    ``TrainProgress`` per step. Returns the new :class:`RoundRecord`, or None when the run was
-    stopped before its first step. A run stopped by ``should_stop`` (or by closing the generator)
-    keeps the model trained so far as a round marked ``cancelled``; a failing run raises and
-    leaves annotations and earlier rounds untouched.
+    Background annotated, or none near the cells), then :class:`Waiting` items while other
+    trainings of the process hold the training ``slot`` (default
+    :func:`~cellsparse_app.training_slot.process_slot`, which REST jobs also take), then the
+    engine's ``TrainProgress`` per step. Returns the new :class:`RoundRecord`, or None when the
+    run was stopped before its first step (a stop while waiting leaves the queue). A run stopped
+    by ``should_stop`` (or by closing the generator) keeps the model trained so far as a round
+    marked ``cancelled``; a failing run raises and leaves annotations and earlier rounds
+    untouched.
 
     Raises:
         ValueError: nothing annotated, no Foreground cell, or an incompatible model to continue.
     """
-    from cellsparse_app.train import TrainedModel, train_iter
+    from cellsparse_app.train import TrainedModel
 
     snapshot = project.snapshot()  # the user may keep annotating while this round trains
     ids, images, labels = project.training_data(snapshot)
@@ -114,8 +136,25 @@ def train_round(
         if initial.family != cfg.family:
             raise ValueError(f"round {parent} is a {initial.family!r} model; cannot continue it as "
                              f"{cfg.family!r} (train from scratch instead)")
-    stop_now = [False]
     user_stop = should_stop or (lambda: False)
+    with (slot or process_slot()).enter(f"web app round ({project.directory.name})") as ticket:
+        while not ticket.wait(WAIT_POLL):
+            if user_stop():
+                logger.info("training stopped while waiting for the training slot")
+                return None
+            yield Waiting(ticket.ahead())
+        return (yield from _train_engine(project, cfg, images, labels, initial, parent, totals,
+                                         snapshot, user_stop))
+
+
+def _train_engine(
+    project: Project, cfg: Any, images: Any, labels: Any, initial: Any, parent: int | None,
+    totals: dict[str, int], snapshot: dict[str, np.ndarray], user_stop: Callable[[], bool],
+) -> Generator[Any, None, RoundRecord | None]:
+    """Run the engine, yield its progress and save the round (see :func:`train_round`)."""
+    from cellsparse_app.train import train_iter
+
+    stop_now = [False]
     engine = train_iter(images, labels, cfg, image_config=project.image_config, initial=initial,
                         should_stop=lambda: stop_now[0] or user_stop())
     history: list[dict[str, float]] = []

@@ -17,6 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from cellsparse_app.models.trained import TrainedModel
     from cellsparse_app.train import TrainConfig
+    from cellsparse_app.training_slot import Ticket
 
 QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
 #: A job that was running when the server stopped (shutdown or crash); it can be resumed.
@@ -119,6 +120,8 @@ class JobRecord:
     interrupted: bool = False
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: its place in the training slot's queue (:mod:`cellsparse_app.training_slot`)
+    ticket: "Ticket | None" = None
 
     def snapshot(self, queue_position: int | None, history_points: int) -> JobSnapshot:
         """A frozen copy, the loss history thinned evenly to at most ``history_points``."""

@@ -15,6 +15,11 @@ the job was cancelled by deleting or resetting that model. A failed job never to
 model. With ``journal_dir`` the records and the training data of unfinished jobs are kept on disk
 (:mod:`cellsparse_app.jobs_journal`): after a restart the records are back, queued jobs run, and
 jobs that were running are ``interrupted`` and can be resumed (:meth:`JobRunner.resume`).
+Every job holds a :class:`~cellsparse_app.training_slot.Ticket` of the runner's
+:class:`~cellsparse_app.training_slot.TrainingSlot` from submission on and trains only once it
+is granted: the server passes the process's slot, which the web app's rounds also take, so a
+REST job and a web-app training never run at the same time and a queued job's
+``queue_position`` counts both (trainings waiting ahead of it; 0: next).
 :meth:`JobRunner.shutdown` stops the running job (its model so far is saved, it ends
 ``interrupted``), keeps queued jobs on disk and wakes everyone waiting. Job states, records and
 snapshots live in :mod:`cellsparse_app.job_records` (re-exported here).
@@ -46,6 +51,8 @@ from cellsparse_app.job_records import (
     check_training_data,
     training_warnings,
 )
+from cellsparse_app.job_training import run_training
+from cellsparse_app.training_slot import TrainingSlot
 
 if TYPE_CHECKING:
     from cellsparse_app.models.trained import TrainedModel
@@ -81,6 +88,8 @@ class JobRunner:
             so that tests and other front ends can swap in a stub.
         journal_dir: keep job records and the data of unfinished jobs in this folder, and
             restore them from it now (None: in memory only).
+        slot: the training slot jobs wait for (None: one of this runner's own). A server
+            passes :func:`~cellsparse_app.training_slot.process_slot`, shared with the web app.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class JobRunner:
         keep_finished: int = 50,
         train_fn: Callable[..., "TrainedModel"] | None = None,
         journal_dir: str | Path | None = None,
+        slot: TrainingSlot | None = None,
     ) -> None:
         if max_pending < 1 or workers < 1:
             raise ValueError(f"max_pending and workers must be >= 1, got {max_pending}, {workers}")
@@ -101,6 +111,7 @@ class JobRunner:
         self.history_points = history_points
         self.keep_finished = keep_finished
         self._train_fn = train_fn
+        self.slot = slot if slot is not None else TrainingSlot(capacity=workers)
         self._queue: queue.Queue[JobRecord | None] = queue.Queue()
         self._jobs: dict[str, JobRecord] = {}
         self._order = itertools.count()
@@ -179,6 +190,7 @@ class JobRunner:
                     f"{self.max_pending} training jobs are already waiting; try again later"
                 )
             self._jobs[job.id] = job
+            job.ticket = self.slot.enter(f"training job {job.id}")
             self._prune()
             self._start_workers()
         if self._journal is not None:
@@ -284,6 +296,8 @@ class JobRunner:
                     job.cancel_event.set()
                     job.stop_reason = "cancelled: the server shut down before it started"
                     self._finish(job, CANCELLED)
+                elif job.state == QUEUED and job.ticket is not None:
+                    job.ticket.release()  # stays queued on disk, for the next start
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -366,21 +380,21 @@ class JobRunner:
         if requeue:
             self._start_workers()
             for job in requeue:
+                job.ticket = self.slot.enter(f"training job {job.id}")
                 self._queue.put(job)
 
     def _snapshot(self, job: JobRecord) -> JobSnapshot:
         position = None
-        if job.state == QUEUED:
-            queued = sorted(
-                (j for j in self._jobs.values() if j.state == QUEUED), key=lambda j: j.created
-            )
-            position = next(i for i, j in enumerate(queued) if j is job)
+        if job.state == QUEUED and job.ticket is not None:
+            position = job.ticket.waiting_ahead()
         return job.snapshot(position, self.history_points)
 
     def _finish(self, job: JobRecord, state: str) -> None:
         job.state = state
         job.finished_at = time.time()
         job.images = job.labels = None  # free memory; snapshots do not need them
+        if job.ticket is not None:
+            job.ticket.release()  # leaves the queue, or frees the slot
         if self._journal is not None:
             if state == DONE:  # others keep their data (until pruned): they may be re-run
                 self._journal.drop_data(job.id)
@@ -393,8 +407,14 @@ class JobRunner:
             job = self._queue.get()
             if job is None:
                 return
+            # Wait for the training slot (another job, or a web-app round, may hold it).
+            while job.ticket is not None and not job.ticket.wait(0.2):
+                if job.state != QUEUED or self._closing.is_set():
+                    break
             with self._lock:
                 if job.state != QUEUED or self._closed:  # cancelled, or the server is stopping
+                    if job.ticket is not None and job.state == QUEUED:
+                        job.ticket.release()  # stays queued on disk, for the next start
                     continue
                 job.state = RUNNING
                 job.started = time.time()
@@ -411,46 +431,13 @@ class JobRunner:
                     self._finish(job, FAILED)
 
     def _run(self, job: JobRecord) -> None:
-        train_fn = self._train_fn
-        if train_fn is None:
-            from cellsparse_app.train import train as train_fn
-        if job.images is None and self._journal is not None:  # restored from disk
-            job.images, job.labels = self._journal.load_data(job.id)
-        initial = job.initial
+        try:
+            model, cancelled, steps_done, saved = run_training(
+                job, self._train_fn, self.store, self._lock, self._journal)
+        finally:
+            if job.ticket is not None:
+                job.ticket.release()  # the next training may start while we save the record
         family = job.config.family
-        if initial is None and job.resume and job.model_name and self.store is not None:
-            if self.store.exists(family, job.model_name):
-                initial = self.store.load(family, job.model_name)
-                logger.info("job %s continues training %s/%s", job.id, family, job.model_name)
-
-        def progress(p: Any) -> None:
-            with self._lock:
-                job.step = int(p.step)
-                job.total_steps = p.total_steps
-                job.loss = float(p.loss)
-                job.elapsed = float(p.elapsed)
-                fraction = getattr(p, "fraction", None)
-                job.fraction = None if fraction is None else float(fraction)
-                job.history.append((int(p.step), float(p.loss)))
-
-        model = train_fn(
-            job.images,
-            job.labels,
-            job.config,
-            model_config=job.model_config,
-            image_config=job.image_config,
-            initial=initial,
-            progress=progress,
-            should_stop=job.cancel_event.is_set,
-        )
-        meta = getattr(model, "meta", {}) or {}
-        cancelled = job.cancel_event.is_set() or bool(meta.get("cancelled"))
-        steps_done = int(meta.get("steps", job.step))
-        saved = False
-        keep = not cancelled or (steps_done > 0 and not job.discard_on_cancel)
-        if keep and job.model_name and self.store is not None:
-            self.store.save(family, job.model_name, model)
-            saved = True
         with self._lock:
             job.result = model
             job.model_saved = saved
@@ -463,4 +450,3 @@ class JobRunner:
         log = logger.warning if job.cut or cancelled else logger.info
         log("training job %s (%s/%s) %s: %s", job.id, family, job.model_name, job.state,
             job.stop_reason)
-

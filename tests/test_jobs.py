@@ -315,3 +315,176 @@ def test_only_foreground_labels_are_warned_about(store):
     snap = runner.wait(runner.submit(image, labels, Cfg(steps=1)), timeout=10)
     assert any("no background" in w for w in snap.warnings)
     runner.shutdown()
+
+
+# -- one training slot for the process: REST jobs and web-app rounds -----------------------------
+class Meter:
+    """Counts trainings running at the same time, in the order they started."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.started: list[str] = []
+
+    def enter(self, who: str) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.started.append(who)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+class MeteredTrain(StubTrain):
+    def __init__(self, meter: Meter) -> None:
+        super().__init__()
+        self.meter = meter
+
+    def __call__(self, *args, **kwargs):
+        self.meter.enter("rest")
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self.meter.leave()
+
+
+def _metered_train_iter(meter: Meter, gate: threading.Event, calls: list):
+    def train_iter(images, labels, cfg, *, image_config=None, initial=None, should_stop=None):
+        calls.append(cfg)
+        meter.enter("web")
+        try:
+            for step in range(1, cfg.steps + 1):
+                gate.wait(5)
+                if should_stop():
+                    return StubModel(step - 1, cancelled=True)
+                yield Progress(step, cfg.steps, 1.0 / step, 0.01 * step)
+            return StubModel(cfg.steps, cancelled=False)
+        finally:
+            meter.leave()
+
+    return train_iter
+
+
+def _project(tmp_path):
+    from cellsparse_app.project import Project
+
+    project = Project(tmp_path / "project")
+    image = np.zeros((64, 64), np.uint8)
+    image[20:30, 20:30] = 200
+    image_id = project.add_image(image, "cells")
+    labels = np.full((64, 64), -1, np.int32)
+    labels[14:36, 14:36] = 0
+    labels[20:30, 20:30] = 1
+    project.editor(image_id).replace(labels)
+    project.edited(image_id)
+    return project
+
+
+def _until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_rest_jobs_and_web_rounds_take_turns_and_report_positions(store, tmp_path, monkeypatch):
+    from cellsparse_app import hitl, train
+    from cellsparse_app.training_slot import TrainingSlot
+
+    slot, meter, web_gate, calls = TrainingSlot(), Meter(), threading.Event(), []
+    web_gate.set()
+    monkeypatch.setattr(train, "train_iter", _metered_train_iter(meter, web_gate, calls))
+    rest = MeteredTrain(meter)
+    rest.gate.clear()  # the first REST job holds the slot until the test lets it go
+    runner = JobRunner(store, train_fn=rest, slot=slot)
+    first = runner.submit(*_data(), Cfg(steps=3), model_name="m")
+    _until(lambda: runner.get(first).state == "running")
+
+    items, outcome = [], {}
+    round_run = hitl.train_round(_project(tmp_path), Cfg(steps=3), slot=slot)
+    thread = threading.Thread(target=lambda: outcome.setdefault(
+        "record", _consume(round_run, items)))
+    thread.start()
+    _until(lambda: any(isinstance(i, hitl.Waiting) for i in items))
+    waiting = next(i for i in items if isinstance(i, hitl.Waiting))
+    assert waiting.ahead == 1 and waiting.text == "waiting for a free training slot: 1 ahead"
+    second = runner.submit(*_data(), Cfg(steps=3), model_name="m", resume=False)  # behind it
+    snap = runner.get(second)
+    assert snap.state == "queued" and snap.queue_position == 1  # the web round waits ahead
+    assert calls == []  # the web round has not started
+
+    rest.gate.set()
+    thread.join(10)
+    assert outcome["record"] is not None and outcome["record"].steps == 3
+    assert runner.wait(second, timeout=10).state == "done"
+    assert runner.get(first).state == "done"
+    assert meter.most == 1  # never two trainings at once
+    assert meter.started == ["rest", "web", "rest"]  # first come, first served
+    assert slot.status() == {"running": [], "waiting": []}
+    runner.shutdown()
+
+
+def _consume(gen, items):
+    try:
+        while True:
+            items.append(next(gen))
+    except StopIteration as end:
+        return end.value
+
+
+def test_stop_while_waiting_leaves_the_queue_without_training(store, tmp_path, monkeypatch):
+    from cellsparse_app import hitl, train
+    from cellsparse_app.training_slot import TrainingSlot
+
+    slot, meter, calls = TrainingSlot(), Meter(), []
+    monkeypatch.setattr(train, "train_iter", _metered_train_iter(meter, threading.Event(), calls))
+    rest = MeteredTrain(meter)
+    rest.gate.clear()
+    runner = JobRunner(store, train_fn=rest, slot=slot)
+    first = runner.submit(*_data(), Cfg(steps=2), model_name="m")
+    _until(lambda: runner.get(first).state == "running")
+
+    stop = threading.Event()
+    project = _project(tmp_path)
+    round_run = hitl.train_round(project, Cfg(steps=3), should_stop=stop.is_set, slot=slot)
+    item = next(round_run)
+    while not isinstance(item, hitl.Waiting):  # notices first, if any
+        item = next(round_run)
+    assert len(slot.status()["waiting"]) == 1
+    queued = runner.submit(*_data(), Cfg(steps=2), model_name="m", resume=False)
+    assert runner.get(queued).queue_position == 1  # behind the waiting web round
+    stop.set()  # Workspace.request_stop
+    items: list = []
+    assert _consume(round_run, items) is None
+    assert all(isinstance(i, hitl.Waiting) for i in items)
+    assert slot.status()["waiting"] == [f"training job {queued}"]
+    assert runner.get(queued).queue_position == 0  # moved up
+    assert calls == [] and project.rounds == []  # never trained, no round
+    rest.gate.set()
+    assert runner.wait(queued, timeout=10).state == "done"
+    assert meter.started == ["rest", "rest"] and meter.most == 1
+    runner.shutdown()
+
+
+def test_closing_a_waiting_web_round_and_cancelling_a_queued_job_free_their_places(store):
+    from cellsparse_app.training_slot import TrainingSlot
+
+    slot = TrainingSlot()
+    holder = slot.enter("web round 1")
+    assert holder.wait(0) and holder.ahead() == 0
+    rest = StubTrain()
+    runner = JobRunner(store, train_fn=rest, slot=slot)
+    job = runner.submit(*_data(), Cfg(steps=2), model_name="m")
+    other = slot.enter("web round 2")
+    assert runner.get(job).queue_position == 0 and other.ahead() == 2
+    runner.cancel(job)
+    assert other.ahead() == 1 and slot.status()["waiting"] == ["web round 2"]
+    holder.release()
+    assert other.wait(1)
+    other.release()
+    assert slot.status() == {"running": [], "waiting": []}
+    with pytest.raises(ValueError, match="capacity.*0"):
+        TrainingSlot(0)
+    runner.shutdown()

@@ -292,7 +292,8 @@ def _progress(family: str, modelname: str, st: AppState) -> dict[str, Any]:
         steps = f"{snap['step']}/{total}" if total else f"{snap['step']}"
         message = f"{family} {name}: {snap['state']}, step {steps}"
         if snap.get("queue_position") is not None:
-            message += f", {snap['queue_position']} job(s) ahead in the queue"
+            # REST jobs and the mounted web app's rounds share one training slot
+            message += f", {snap['queue_position']} training(s) waiting ahead of it"
         if snap.get("stop_reason"):
             message += f" ({snap['stop_reason']})"
         percent = int(100 * fraction) if fraction is not None else -1

@@ -17,6 +17,7 @@ from cellsparse_app.api.errors import NotAvailable
 from cellsparse_app.api.settings import ServerSettings
 from cellsparse_app.jobs import JobRunner
 from cellsparse_app.store import ModelStore
+from cellsparse_app.training_slot import process_slot
 
 if TYPE_CHECKING:
     from cellsparse_app.api.sam_bridge import SamService
@@ -36,9 +37,10 @@ class AppState:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(settings.data_dir)
-        # Job records and queued jobs survive a restart (``<data dir>/jobs``).
+        # Job records and queued jobs survive a restart (``<data dir>/jobs``). Jobs take the
+        # process's training slot, as the mounted web app's trainings do: one at a time.
         self.runner = JobRunner(self.store, max_pending=settings.max_pending_jobs,
-                                journal_dir=settings.data_dir / "jobs")
+                                journal_dir=settings.data_dir / "jobs", slot=process_slot())
         self._models: OrderedDict[tuple, "TrainedModel"] = OrderedDict()
         self._models_lock = threading.Lock()
         self._sam: "SamService | None" = None

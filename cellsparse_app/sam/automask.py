@@ -203,8 +203,10 @@ def to_result(masks: np.ndarray, scores: np.ndarray, stability: np.ndarray, mode
         small_enough = areas <= cfg.max_mask_region_fraction * h * w
         masks, scores = masks[small_enough], scores[small_enough]
         stability = stability[small_enough]
-        if cfg.priority != "quality":  # "quality": SAM's generator already did it
-            keep = suppress_duplicates(masks, scores, cfg)
+        # SAM's generator already did it for "quality" (then a no-op); the fallback did not.
+        keep = suppress_duplicates(masks, scores, cfg)
+        if len(keep) < len(masks):
+            keep = np.sort(keep)
             masks, scores, stability = masks[keep], scores[keep], stability[keep]
     if cfg.priority == "none":
         return _overlapping_result(masks, scores, stability, model, cfg)

@@ -3,6 +3,8 @@
 The run is a generator handler in the ``"gpu"`` concurrency group: it yields the progress bar
 and the loss curve about twice a second. Stop sets the workspace's stop flag; the engine then
 ends after its current step and the model trained so far is saved as a round, so nothing is lost.
+While other trainings of the process (REST jobs, other users) hold the training slot, the bar
+says how many are ahead; Stop then leaves the queue without training.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Generator
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import Notice
+from cellsparse_app.hitl import Notice, Waiting
 from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require, to_gr_error
@@ -133,7 +135,7 @@ def _train(
                        warmup_steps, seed)
     budget = cfg.max_seconds
     run = ws.train(cfg, continue_training=start == CONTINUE)
-    last = 0.0
+    last, waiting = 0.0, ""
     running = _buttons(True)
     yield fmt.progress_html(0.0, "preparing data…"), loss_frame(curve), gr.skip(), gr.skip(), \
         *running
@@ -146,6 +148,12 @@ def _train(
                 break
             if isinstance(item, Notice):
                 gr.Warning(item.text)
+                continue
+            if isinstance(item, Waiting):
+                if item.text != waiting:
+                    waiting = item.text
+                    yield fmt.progress_html(0.0, item.text, "idle"), loss_frame(curve), \
+                        gr.skip(), gr.skip(), *running
                 continue
             curve.append((int(item.step), float(item.loss)))
             if time.monotonic() - last >= UPDATE_EVERY:

@@ -78,3 +78,28 @@ def test_job_with_bad_labels_fails_fast(tc_target, real_sample):
             "labels": [b64png(np.ones(image.shape, np.uint8))]}  # only background
     r = client.post("/api/v1/jobs", json=body)
     assert r.status_code == 400 and "no foreground" in r.json()["detail"]
+
+
+def test_rest_job_waits_for_the_web_apps_training_in_the_same_process(tc_target, real_sample):
+    """The server's jobs take the process's training slot, as the mounted web app's rounds do:
+    a job submitted while a web round trains (and another waits) is queued behind both."""
+    from cellsparse_app.training_slot import process_slot
+
+    client, _ = tc_target
+    image = gray(real_sample.image).astype(np.uint8)
+    body = {"family": "cellpose", "model_name": "v1-slot", "images": [b64png(image)],
+            "labels": [b64tiff(sparse_wire_labels(real_sample.mask))], "steps": 2,
+            "batch_size": 2, "patch_size": 64, "resume": False}
+    with process_slot().enter("web app round (test)") as web:
+        assert web.wait(5)
+        other = process_slot().enter("web app round 2 (test)")
+        submitted = client.post("/api/v1/jobs", json=body)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        time.sleep(0.5)  # the worker would have started it by now if it could
+        snap = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert snap["state"] == "queued" and snap["queue_position"] == 1
+        other.release()  # the waiting web round was stopped
+        snap = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert snap["state"] == "queued" and snap["queue_position"] == 0
+    assert _wait(client, job_id)["state"] == "done"

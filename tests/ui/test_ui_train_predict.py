@@ -220,6 +220,29 @@ def test_stop_before_start_changes_nothing(ws, ctx, example_truth):
     assert ws.project.rounds == [] and ws.project.active_round is None
 
 
+def test_a_run_waits_for_the_training_slot_shows_its_place_and_stop_leaves(ws, ctx,
+                                                                          example_truth):
+    """Another training of the process (a REST job) holds the slot: the bar says how many are
+    ahead, and Stop takes the run out of the queue without training."""
+    from cellsparse_app.training_slot import process_slot
+
+    img.load_example(ctx)(ws)
+    _annotate_from_truth(ws, example_truth, ids=(1, 2))
+    with process_slot().enter("REST job (test)") as rest_job:
+        assert rest_job.wait(5)
+        ws.arm_training()
+        run = trn.train(ws, "cellpose", trn.SCRATCH, 30, None, **FAST)
+        updates = [next(run) for _ in range(2)]
+        assert "preparing data" in updates[0][PROGRESS]
+        assert "waiting for a free training slot: 1 ahead" in updates[1][PROGRESS]
+        assert len(process_slot().status()["waiting"]) == 1
+        trn.stop(ws)
+        last = list(run)[-1]
+        assert "Stopped before the first step" in last[PROGRESS]
+        assert process_slot().status()["waiting"] == []  # left the queue
+    assert ws.project.rounds == [] and ws.project.active_round is None
+
+
 def test_project_save_and_load_in_another_session(trained, ctx):
     ws, _, _ = trained
     path = res.save_project(ws)
