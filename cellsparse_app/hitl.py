@@ -385,38 +385,3 @@ def _brief(metrics: dict) -> dict:
     """The scalars of a match_labels result (what a round keeps)."""
     keys = ("thresholds", "ap", "precision", "recall", "tp", "fp", "fn", "n_true", "n_pred")
     return {k: metrics[k] for k in keys if k in metrics}
-
-
-def family_choices() -> list[tuple[str, str]]:
-    """``(title, name)`` of every registered model family, default first."""
-    from cellsparse_app.models.base import get_family, list_families
-
-    return [(getattr(get_family(n), "title", n), n) for n in list_families()]
-
-
-def family_advice() -> str:
-    """One ``"Title — when to pick it."`` sentence per registered family, default first."""
-    from cellsparse_app.models.base import get_family, list_families
-
-    families = [get_family(n) for n in list_families()]
-    return " ".join(f"{f.title} — {f.advice}." for f in families if f.advice)
-
-
-def default_device() -> str:
-    """``"cuda"`` or ``"cpu"``: where ``device="auto"`` trains."""
-    from cellsparse_app.device import resolve_device
-
-    return resolve_device("auto").type
-
-
-def describe_device() -> str:
-    """Where training runs, in words (GPU name, or CPU with its thread count)."""
-    import torch
-
-    from cellsparse_app.device import resolve_device
-
-    device = resolve_device("auto")
-    if device.type == "cuda":
-        return f"**Device:** GPU — {torch.cuda.get_device_name(device)}"
-    return (f"**Device:** CPU ({torch.get_num_threads()} threads; no GPU found) — training "
-            "takes minutes, not seconds")

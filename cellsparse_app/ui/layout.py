@@ -14,13 +14,7 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import (
-    EXPORT_FORMATS,
-    default_device,
-    describe_device,
-    family_advice,
-    family_choices,
-)
+from cellsparse_app.hitl import EXPORT_FORMATS
 from cellsparse_app.margins import DEFAULT_MARGIN_PX
 from cellsparse_app.predict import PredictConfig
 from cellsparse_app.session.workspace import (
@@ -41,6 +35,12 @@ from cellsparse_app.ui import handlers_images as img
 from cellsparse_app.ui import handlers_results as res
 from cellsparse_app.ui import handlers_session as ses
 from cellsparse_app.ui import handlers_train as trn
+from cellsparse_app.ui.choices import (
+    default_device,
+    describe_device,
+    family_advice,
+    family_choices,
+)
 from cellsparse_app.ui.context import AppContext
 
 logger = logging.getLogger(__name__)

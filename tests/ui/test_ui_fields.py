@@ -40,7 +40,7 @@ def test_optional_fields_start_empty_not_zero(defaults):
 
 def test_untouched_train_tab_trains_with_the_engine_defaults(defaults):
     """Only the time budget is set, to the device's default: the run is ``TrainConfig()``."""
-    from cellsparse_app.hitl import default_device
+    from cellsparse_app.ui.choices import default_device
 
     d = defaults
     cfg = trn.train_config("cellpose", d["cs-seconds"], d["cs-steps"], d["cs-batch"],
