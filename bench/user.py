@@ -3,9 +3,10 @@
 ``python -m bench user [--data NAME|FILE.npz] [--cells 10] [--images 4] [--test 8] [--seeds 0,1,2]
 [--seconds S | --steps N] [--json]``
 
-Drives the same core calls as the web UI's handlers (a :class:`cellsparse_app.session.workspace.Workspace`,
-not the CLI). On each of K training images (the split of :mod:`bench.sparse`), N cells chosen at
-random per seed (the objects ``bench.conditions.select_objects`` picks) are annotated like this:
+Drives the same core calls as the web UI's handlers (a
+:class:`cellsparse_app.session.workspace.Workspace`, not the CLI). On each of K training images
+(the split of :mod:`bench.sparse`), N cells chosen at random per seed (the objects
+``bench.conditions.select_objects`` picks) are annotated like this:
 
 * ``sam``: one positive click at the cell's deepest interior point (distance-transform maximum of
   the true mask), the prompt engine's mask accepted if its IoU with the true cell is >= 0.5;
