@@ -17,8 +17,9 @@ Prediction speed (Mpx/s of test images through ``predict_instances``) is reporte
 Variants (``--variants``, compared in one run): ``dN`` rescales the cells to N pixels across
 (:mod:`cellsparse_app.object_scale`), ``native`` trains at the images' own scale (the behaviour
 before object rescaling); ``+out`` resamples the network output instead of the labels back to the
-image grid; ``+nostain`` ignores the stain suggestion that ``--stain auto`` (the default) applies
-(:func:`cellsparse_app.stains.suggest_stain` on the training images).
+image grid; ``+up`` also enlarges cells smaller than N; ``+nostain`` ignores the stain suggestion
+that ``--stain auto`` (the default) applies (:func:`cellsparse_app.stains.suggest_stain` on the
+training images).
 
 The markdown table is printed and written with the raw JSON to ``bench/results/``.
 """
@@ -102,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     p.add_argument("--reference-seconds", type=float, help="timed part of the fp32 reference loop")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--variants", help="comma-separated: dN (cells rescaled to N px), native; "
-                                      f"suffixes +out, +nostain (default {DEFAULT_VARIANTS[0]})")
+                   f"suffixes +out, +up, +nostain (default {DEFAULT_VARIANTS[0]})")
     p.add_argument("--stain", choices=["auto", "none"], help="apply suggest_stain (default auto)")
     a = p.parse_args(argv)
     overrides: dict[str, Any] = {}
@@ -132,9 +133,9 @@ def check_families(names: Sequence[str]) -> None:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """``"d30+out"`` -> ``{"object_diameter": 30.0, "resample": "output", "stain": True}``."""
+    """``"d30+out"`` -> ``{"object_diameter": 30.0, "resample": "output", "stain": True, ...}``."""
     head, *flags = [t.strip() for t in str(text).split("+")]
-    unknown = [f for f in flags if f not in ("out", "nostain")]
+    unknown = [f for f in flags if f not in ("out", "nostain", "up")]
     try:
         if unknown:
             raise ValueError
@@ -142,9 +143,11 @@ def parse_variant(text: str) -> dict[str, Any]:
         if head != "native" and not (diameter and diameter > 0):
             raise ValueError
     except ValueError:
-        raise ValueError(f"variant must be dN or native with optional +out/+nostain, got {text!r}")
+        raise ValueError(
+            f"variant must be dN or native with optional +out/+up/+nostain, got {text!r}"
+        )
     return {"object_diameter": diameter, "resample": "output" if "out" in flags else "labels",
-            "stain": "nostain" not in flags}
+            "stain": "nostain" not in flags, "upscale": "up" in flags}
 
 
 def run_one(train_images, labels, test, cfg, image_config=None, predict_cfg=None) -> dict[str, Any]:
@@ -223,6 +226,7 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
                         family=family, steps=settings.steps,
                         max_seconds=None if settings.steps else settings.seconds,
                         seed=seed, device=settings.device, object_diameter=opts["object_diameter"],
+                        upscale=opts["upscale"],
                     )
                     row = {"dataset": ds, "family": label, "k": cond.k, "mode": cond.mode,
                            "condition": cond.name, "seed": seed, "variant": variant,

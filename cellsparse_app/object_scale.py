@@ -1,4 +1,4 @@
-"""Object-scale normalisation: measure how large the cells are and resize images to a canonical size.
+"""Object-scale normalisation: measure how large cells are, resize images to a canonical size.
 
 Cellpose's answer to microscopes that show cells at any size (Stringer et al. 2021): rescale every
 image so that its objects have one canonical diameter, train and predict there, and bring the

@@ -97,7 +97,9 @@ class PredictConfig(JsonConfig):
         ):
             raise ValueError(f"diameter must be > 0 pixels or None, got {self.diameter!r}")
         if self.resample not in RESAMPLE:
-            raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}")
+            raise ValueError(
+                f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}"
+            )
 
 
 def predict_raw(

@@ -1,8 +1,9 @@
-"""Stained and brightfield images: colour deconvolution, inversion and a detector that suggests them.
+"""Stained and brightfield images: colour deconvolution, inversion and a detector suggesting them.
 
 The networks learn fastest when objects are bright on a dark background, as in fluorescence. In
 brightfield the background is bright and the objects dark; in H&E the nuclei are the
-haematoxylin-stained (blue/purple) parts. :class:`cellsparse_app.io.ImageConfig` ``stain`` turns such images into that form:
+haematoxylin-stained (blue/purple) parts. :class:`cellsparse_app.io.ImageConfig` ``stain`` turns
+such images into that form:
 
 * ``"invert"``: after normalisation, ``1 - x`` (bright background -> 0);
 * ``"hematoxylin"``: the haematoxylin optical density from colour deconvolution

@@ -108,9 +108,9 @@ def test_settings_and_arguments():
     variants = parse_args(["--variants", "native,d30+out", "--stain", "none"])
     assert variants.variants == ("native", "d30+out") and variants.stain == "none"
     assert parse_variant("native") == {"object_diameter": None, "resample": "labels",
-                                       "stain": True}
-    assert parse_variant("d17+out+nostain") == {"object_diameter": 17.0, "resample": "output",
-                                                "stain": False}
+                                       "stain": True, "upscale": False}
+    assert parse_variant("d17+out+nostain+up") == {"object_diameter": 17.0, "resample": "output",
+                                                   "stain": False, "upscale": True}
     with pytest.raises(ValueError, match="'x30'"):
         parse_args(["--variants", "x30"])
     assert parse_args(["--quick", "--steps", "50"]).steps == 50

@@ -53,6 +53,9 @@ class TrainConfig(JsonConfig):
         object_diameter: diameter the cells are resized to for the network (the model records
             the scale, ``object_diameter / diameter``, and predicts at it); ``None``: no
             rescaling (scale 1). Continued training keeps the initial model's scale.
+        upscale: also enlarge cells smaller than ``object_diameter`` (by default only larger
+            cells are shrunk: enlarging small nuclei adds no detail, costs time, and measured
+            worse, see the README's benchmark section).
     """
 
     family: str = "cellpose"
@@ -75,6 +78,7 @@ class TrainConfig(JsonConfig):
     log_every: int = 10
     diameter: float | None = None
     object_diameter: float | None = CANONICAL_DIAMETER
+    upscale: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):

@@ -26,7 +26,8 @@ def choose_scale(
 
     * continued training (``initial``): the initial model's diameter and scale, unchanged;
     * otherwise the diameter is ``cfg.diameter`` or the median over the annotated cells, and the
-      scale ``cfg.object_diameter / diameter`` (1 when ``cfg.object_diameter`` is ``None``).
+      scale ``cfg.object_diameter / diameter`` (1 when ``cfg.object_diameter`` is ``None``),
+      at most 1 unless ``cfg.upscale``.
     """
     if initial is not None:
         return dataclasses.replace(
@@ -36,6 +37,8 @@ def choose_scale(
     if diameter is None:  # no annotated cell: check_inputs has refused this already
         return model_config
     scale = 1.0 if cfg.object_diameter is None else scale_for(diameter, cfg.object_diameter)
+    if not cfg.upscale:
+        scale = min(scale, 1.0)
     logger.info("cell diameter %.1f px; training at scale %g", diameter, scale)
     return dataclasses.replace(model_config, diameter=round(float(diameter), 2), scale=scale)
 

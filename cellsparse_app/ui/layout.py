@@ -291,13 +291,14 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         image_out = [image_dd, image_info, channels, low, high, tabs, *canvas_out]
         rounds_out = [rounds, round_dd]
 
-        # Gradio's "processing | 0.1s" text goes on the canvas only, never into the counts line.
+        # Gradio's "processing | 0.1s" text and its "Error" badge go on the canvas only, never
+        # into the status and counts lines (even with show_progress="hidden" it shows them there).
         on_canvas = {"show_progress_on": [canvas]}
         demo.load(ses.restore_session(ctx), [session_token],
                   [state, sam_md, session_token, *image_out, *rounds_out, margin, zoom],
                   **on_canvas)
         warm = dict(fn=img.prepare_sam, inputs=[state], outputs=[status], show_progress="minimal",
-                    **sam)
+                    **on_canvas, **sam)
         # Clear the upload box afterwards: the next upload then adds only the new files.
         files.upload(img.upload, [state, files], image_out, **on_canvas).then(
             lambda: None, None, [files]).success(**warm)
@@ -311,21 +312,23 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         # click -> overlay time (measured in the browser test); SamAnnotator is thread-safe and
         # a click only decodes (the embedding is computed beforehand in the "sam" group).
         canvas.select(ann.click, [state, mode], [*canvas_out, editor], trigger_mode="multiple",
-                      show_progress="hidden", queue=False)
+                      show_progress="hidden", queue=False, **on_canvas)
         # Zooming and panning also put the new crop under the brush: strokes map to the image.
-        zoom.input(ann.zoom, [state, zoom], [*canvas_out, editor], show_progress="hidden")
+        zoom.input(ann.zoom, [state, zoom], [*canvas_out, editor], show_progress="hidden",
+                   **on_canvas)
         for direction, pan_btn in pan_btns.items():
             pan_btn.click(ann.pan_handler(direction), [state], [*canvas_out, editor],
-                          show_progress="hidden")
+                          show_progress="hidden", **on_canvas)
         for button, handler in ((fg_btn, ann.accept_foreground), (bg_btn, ann.accept_background),
                                 (clear_btn, ann.clear_prompts), (undo_btn, ann.undo),
                                 (delete_btn, ann.delete_selected),
                                 (auto_all_btn, ann.accept_all_candidates),
                                 (pred_all_btn, ann.accept_all_predicted)):
-            button.click(handler, [state], canvas_out, show_progress="hidden")
+            button.click(handler, [state], canvas_out, show_progress="hidden", **on_canvas)
         auto_btn.click(ann.auto_masks, [state], canvas_out, **sam, **on_canvas)
         show_pred.input(ann.show_prediction, [state, show_pred], canvas_out, **on_canvas)
         margin.input(ann.set_margin, [state, margin], [status], show_progress="hidden",
+                     show_progress_on=[margin],
                      queue=False)
         cells.select(ann.select_cell_row, [state], canvas_out, **on_canvas)
         brush_acc.expand(ann.load_brush_editor, [state], [editor])

@@ -167,13 +167,20 @@ try {
     step(`cell ${k + 1} accepted`, { latency_ms: Math.round(ms), status, summary });
   }
 
-  // 5. Mark Background with a two-click box.
+  // 5. Mark Background with a two-click box (the margins already gave some Background).
+  const ringsOnly = await text("#cs-summary");
+  const percent = (summary) => Number(summary.match(/([\d.]+)% Background/)[1]);
+  check(percent(ringsOnly) > 0, `accepted cells come with a Background margin: ${ringsOnly}`);
   await chooseRadio("cs-mode", "Background box");
   const [r0, c0, r1, c1] = plan.background_box;
   await page.mouse.click(...Object.values(await canvasPoint(r0, c0)));
   await waitText("#cs-status", /opposite corner/);
   await page.mouse.click(...Object.values(await canvasPoint(r1, c1)));
-  const bg = await waitText("#cs-summary", /[1-9][\d.]*% Background/);
+  await waitText("#cs-status", /Marked \d+ px as Background/);
+  const bg = await text("#cs-summary");
+  check(percent(bg) > percent(ringsOnly), `the box adds Background: ${ringsOnly} -> ${bg}`);
+  check(!/\d\.\ds|processing|Error/.test(bg + (await text("#cs-status"))),
+    `no progress text or badge in the status and counts lines: ${bg}`);
   results.annotation_summary = bg;
   check((await rows("#cs-cells")) === plan.clicks.length,
     "cells table lists every accepted cell");

@@ -41,6 +41,10 @@ def test_diameter_and_object_diameter_override_or_disable_rescaling():
     image, labels = _cells()
     given = train([image], [labels], QUICK.replace(diameter=60.0), model_config=TINY)
     assert given.config.diameter == 60 and given.config.scale == 0.5
+    small = train([image], [labels], QUICK.replace(diameter=20.0), model_config=TINY)
+    assert small.config.scale == 1.0  # smaller cells are not enlarged by default
+    up = train([image], [labels], QUICK.replace(diameter=20.0, upscale=True), model_config=TINY)
+    assert up.config.scale == 1.5
     native = train([image], [labels], QUICK.replace(object_diameter=None), model_config=TINY)
     assert native.config.scale == 1.0 and native.config.diameter == pytest.approx(40, rel=0.05)
     with pytest.raises(ValueError, match="-2"):
