@@ -95,7 +95,7 @@ def test_flat_heat_gives_defined_flows_whatever_the_rounding():
 def test_symmetric_cells_get_flows_independent_of_the_solver_rounding(monkeypatch):
     """Exactly symmetrised heat (what a CPU without AVX-512 produced) and the solver's own
     result give the same targets, up to float32 tolerance (no exact equality across CPUs)."""
-    from cellsparse_app.models import cellpose
+    from cellsparse_app.models.cellpose import flows as cellpose
 
     labels = _disks(centres=((20, 20), (45, 45)), radius=9)
     plain = instance_flows(labels)

@@ -1,4 +1,4 @@
-"""Flow quality control and its per-model calibration (cellsparse_app.models.flow_quality)."""
+"""Flow quality control and its per-model calibration (cellsparse_app.models.cellpose.quality)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cellsparse_app.models.cellpose import instance_flows
-from cellsparse_app.models.flow_quality import (
+from cellsparse_app.models.cellpose.quality import (
     CELLPOSE_FLOW_THRESHOLD,
     MAX_FLOW_THRESHOLD,
     calibrated_flow_threshold,

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from cellsparse_app.labels import relabel_sequential
+from cellsparse_app.models.cellpose.flows import instance_flows
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def mask_flow_errors(masks: np.ndarray, flows: np.ndarray) -> np.ndarray:
         masks: ``(H, W)`` instance labels 1..N (sequential), 0 elsewhere.
         flows: ``(2, H, W)`` predicted unit flows (row, column), i.e. network output / 5.
     """
-    from cellsparse_app.models.cellpose import instance_flows
-
     ids = np.asarray(masks).ravel()
     n = int(ids.max(initial=0))
     ideal = instance_flows(np.asarray(masks))
