@@ -51,12 +51,16 @@ def to_display(image: np.ndarray, config: ImageConfig = ImageConfig()) -> np.nda
 
     One selected channel is shown in grey, two as green/magenta, three as RGB; with
     ``channels=None`` grey images stay grey, 3-channel images are RGB and other counts show their
-    first three channels.
+    first three channels. With a ``stain`` the network's input is shown (objects bright).
     """
-    x = select_channels(image, config.channels)
-    if config.channels is None and x.shape[-1] > 3:
-        x = x[..., :3]
-    x = np.clip(normalize(x, config.lower, config.upper), 0.0, 1.0)
+    if config.stain is not None:
+        # What the network gets (haematoxylin channel, or inverted): SAM and the user see it too.
+        x = np.clip(np.moveaxis(config.prepare(image), 0, -1)[..., :3], 0.0, 1.0)
+    else:
+        x = select_channels(image, config.channels)
+        if config.channels is None and x.shape[-1] > 3:
+            x = x[..., :3]
+        x = np.clip(normalize(x, config.lower, config.upper), 0.0, 1.0)
     n = x.shape[-1]
     if n == 1:
         rgb = np.repeat(x, 3, axis=-1)

@@ -23,6 +23,10 @@ from cellsparse_app.ui.imagefile import png_file
 logger = logging.getLogger(__name__)
 
 ANNOTATE_TAB = "annotate"
+#: The stain choices of the Channels & contrast panel (``ImageConfig.stain``; none: as it is).
+NO_STAIN = "none"
+STAIN_LABELS = {NO_STAIN: "as it is", "invert": "invert (brightfield)",
+                "hematoxylin": "haematoxylin channel (H&E)"}
 
 
 def canvas_outputs(view: CanvasView) -> tuple:
@@ -49,7 +53,7 @@ def image_outputs(ws: Workspace, view: CanvasView | None, *, go_annotate: bool =
     channels = list(cfg.channels) if cfg.channels is not None else list(range(record.n_channels))
     return (
         gr.update(choices=fmt.image_choices(records), value=ws.current),
-        fmt.image_info(record, record.has_truth),
+        fmt.image_info(record, record.has_truth) + stain_note(ws),
         gr.update(choices=channel_choices, value=channels, visible=record.n_channels > 1),
         cfg.lower,
         cfg.upper,
@@ -117,9 +121,10 @@ def select_image(ws: Workspace | None, image_id: str | None) -> tuple:
 
 @friendly
 def apply_display(
-    ws: Workspace | None, channels: list[int] | None, low: float, high: float
+    ws: Workspace | None, channels: list[int] | None, low: float, high: float,
+    stain: str | None = NO_STAIN,
 ) -> tuple:
-    """Channels and contrast percentiles (used for display, SAM and training)."""
+    """Channels, contrast percentiles and stain handling (used for display, SAM and training)."""
     ws = require(ws)
     record = ws.project.record(ws.current) if ws.current else None
     chosen = None
@@ -129,8 +134,24 @@ def apply_display(
         chosen = tuple(sorted(int(c) for c in channels))
         if len(chosen) == record.n_channels and record.n_channels in (1, 3):
             chosen = None
-    view = ws.set_display(ImageConfig(channels=chosen, lower=float(low), upper=float(high)))
+    chosen_stain = None if stain in (None, "", NO_STAIN) else str(stain)
+    view = ws.set_display(ImageConfig(channels=chosen, lower=float(low), upper=float(high),
+                                      stain=chosen_stain))
     return image_outputs(ws, view)
+
+
+def stain_note(ws: Workspace) -> str:
+    """What the image info says about stains: the one in use, or the one suggested for the
+    current image when it differs (H&E, brightfield)."""
+    from cellsparse_app.stains import suggest_stain
+
+    used = ws.project.image_config.stain
+    suggestion = suggest_stain(ws.project.image(ws.current))
+    text = f" · stain: **{STAIN_LABELS[used or NO_STAIN]}**" if used else ""
+    if suggestion.stain != used and suggestion.stain is not None:
+        text += (f"  \n💡 Suggested stain: **{STAIN_LABELS[suggestion.stain]}** "
+                 f"(*Channels & contrast*) — {suggestion.reason}")
+    return text
 
 
 @friendly

@@ -112,6 +112,9 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                     low = gr.Slider(0, 20, value=1.0, step=0.1, label="Black point (percentile)")
                     high = gr.Slider(80, 100, value=99.8, step=0.1,
                                      label="White point (percentile)")
+                    stain = gr.Radio([(label, key) for key, label in img.STAIN_LABELS.items()],
+                                     value=img.NO_STAIN, label="Stain (H&E, brightfield)",
+                                     elem_id="cs-stain")
                     apply_btn = gr.Button("Apply (display, SAM and training)", size="sm")
                 remove_btn = gr.Button("Remove this image", size="sm", variant="secondary")
             with gr.Column(scale=4):
@@ -304,7 +307,7 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
             lambda: None, None, [files]).success(**warm)
         example_btn.click(img.load_example(ctx), [state], image_out, **on_canvas).success(**warm)
         image_dd.input(img.select_image, [state, image_dd], image_out, **on_canvas).success(**warm)
-        apply_btn.click(img.apply_display, [state, channels, low, high], image_out,
+        apply_btn.click(img.apply_display, [state, channels, low, high, stain], image_out,
                         **on_canvas).success(**warm)
         remove_btn.click(img.remove_image, [state], image_out, **on_canvas)
 

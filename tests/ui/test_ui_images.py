@@ -134,3 +134,26 @@ def test_opening_a_project_while_auto_mask_candidates_are_shown(ctx, ws, tmp_pat
     assert pixels(out[CANVAS]).shape[:2] == (488, 256)
     ann.show_prediction(ws, True)  # any later view works too
     other.close()
+
+
+def test_he_image_gets_a_stain_suggestion_and_the_chosen_stain_is_kept(ctx, ws, tmp_path):
+    """An H&E-looking upload suggests the haematoxylin channel; choosing it (Apply) sets the
+    project's stain, the info line says so, and contrast changes keep it."""
+    from PIL import Image
+
+    rr, cc = np.mgrid[:96, :96]
+    nuclei = ((rr - 30) ** 2 + (cc - 30) ** 2 <= 100) | ((rr - 65) ** 2 + (cc - 60) ** 2 <= 120)
+    rgb = np.empty((96, 96, 3), np.uint8)
+    rgb[:] = (235, 200, 220)  # pink eosin background
+    rgb[nuclei] = (110, 60, 160)  # purple haematoxylin nuclei
+    path = tmp_path / "he.png"
+    Image.fromarray(rgb).save(path)
+    out = img.upload(ws, [str(path)])
+    assert "Suggested stain: **haematoxylin channel (H&E)**" in out[INFO]
+    out = img.apply_display(ws, [0, 1, 2], 1.0, 99.8, "hematoxylin")
+    assert ws.project.image_config.stain == "hematoxylin"
+    assert "stain: **haematoxylin channel (H&E)**" in out[INFO] and "Suggested" not in out[INFO]
+    canvas = np.asarray(Image.open(out[CANVAS]).convert("L")).astype(float)
+    assert canvas[nuclei].mean() > canvas[~nuclei].mean() + 50  # nuclei now bright
+    img.apply_display(ws, [0, 1, 2], 2.0, 99.0, "none")
+    assert ws.project.image_config.stain is None
