@@ -279,7 +279,8 @@ def compare(project: Project, image_id: str, display: np.ndarray) -> Comparison:
         changes = overlays.change_overlay(display, prev, pred, diff["fn_ids"][0], diff["fp_ids"][0])
     return Comparison(
         image_id=image_id, round=project.active_round or 0, input=display,
-        prediction=overlays.instances_overlay(display, pred), n_objects=int(len(np.unique(pred)) - 1),
+        prediction=overlays.instances_overlay(display, pred),
+        n_objects=int(len(np.unique(pred)) - 1),
         errors=errors, errors_against=against, metrics=metrics, changes=changes,
         previous_round=prev_round, n_new=n_new, n_removed=n_removed,
     )

@@ -66,6 +66,9 @@ class PredictBody(BaseModel):
     min_size: Optional[int] = Field(None, ge=0)
     prob_threshold: Optional[float] = None
     flow_threshold: Optional[float] = Field(None, ge=0)
+    diameter: Optional[float] = Field(None, gt=0, description="object diameter (px) in this "
+                                      "image, if its magnification differs from the training "
+                                      "images' (empty: the model's own)")
     simplify_tol: Optional[float] = Field(None, ge=0, description="geojson: simplification")
 
 
@@ -182,6 +185,7 @@ def predict(body: PredictBody, st: AppState = Depends(get_state)) -> Any:
         labels = predict_labels(
             st, body.family, name, image, min_size=body.min_size,
             prob_threshold=body.prob_threshold, flow_threshold=body.flow_threshold,
+            diameter=body.diameter,
         )
         if body.format == "geojson":
             return codec.geojson_features(labels, body.simplify_tol)

@@ -1,8 +1,9 @@
 """What one running web app shares between its users: settings and the lazily loaded SAM model.
 
 Per-user data never lives here: each browser session gets its own
-:class:`~cellsparse_app.session.workspace.Workspace` (in ``gr.State``) with a private project folder.
-Only the SAM annotator is shared, read-only apart from its thread-safe embedding cache.
+:class:`~cellsparse_app.session.workspace.Workspace` (in ``gr.State``) with a private project
+folder; the registry of open sessions only maps their tokens to them, so a reload finds its
+workspace again. Only the SAM annotator is shared, read-only apart from its embedding cache.
 """
 
 from __future__ import annotations

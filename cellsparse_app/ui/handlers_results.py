@@ -36,7 +36,7 @@ def _slider(comparison: Any, right: str) -> tuple:
 
 
 def predict_config(prob_threshold: Any = None, min_size: Any = None,
-                   flow_threshold: Any = None) -> Any:
+                   flow_threshold: Any = None, diameter: Any = None) -> Any:
     """The ``PredictConfig`` of the Predict tab's fields. Empty fields keep the defaults, so an
     untouched tab predicts exactly as ``cellsparse predict --model`` does: the model's own
     calibrated thresholds and the same minimum size."""
@@ -55,22 +55,28 @@ def predict_config(prob_threshold: Any = None, min_size: Any = None,
     flow = optional_float(flow_threshold, "Flow error threshold", low=0)
     if flow is not None:
         cfg = cfg.replace(flow_threshold=flow)
+    size = optional_float(diameter, "Object diameter (px)", low=0, low_inclusive=False)
+    if size is not None:
+        cfg = cfg.replace(diameter=size)
     return cfg
 
 
 @friendly
 def predict(
     ws: Workspace | None, scope: str, prob_threshold: Any, min_size: Any,
-    right: str, flow_threshold: Any = None, progress: gr.Progress = gr.Progress(),
+    right: str, flow_threshold: Any = None, diameter: Any = None,
+    progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     """Predict with the active round. Outputs: slider, results text, legend, comparison text.
 
     ``flow_threshold`` is the Cellpose-style family's mask quality check (ignored by the others);
     empty uses the model's own, calibrated in training on the annotated objects. A higher value
     (or 0, no check) keeps more masks; on irregular cells the check removes fragments.
+    ``diameter`` (px): the cells' size in images of another magnification than the training
+    ones (empty: the model's own scale).
     """
     ws = require(ws)
-    cfg = predict_config(prob_threshold, min_size, flow_threshold)
+    cfg = predict_config(prob_threshold, min_size, flow_threshold, diameter)
     predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
     value, legend, note = _slider(comparison, right)
     text = fmt.prediction_markdown(predictions)

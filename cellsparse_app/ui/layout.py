@@ -1,10 +1,10 @@
 """The Gradio Blocks of the web app: components and event wiring, nothing else.
 
 Steps: images (sidebar) -> ① Annotate -> ② Train -> ③ Predict & compare -> ④ Export. Per-user
-state is one :class:`~cellsparse_app.session.workspace.Workspace` in ``gr.State`` (created when the page
-loads, deleted with the session). Trainings and predictions share the ``"gpu"`` concurrency
-group; SAM embeddings and automatic masks have their own group and clicks bypass the queue, so
-clicks stay fast while someone trains.
+state is one :class:`~cellsparse_app.session.workspace.Workspace` in ``gr.State``, found again
+after a reload through the session token in ``gr.BrowserState``. Trainings and predictions share
+the ``"gpu"`` concurrency group; SAM embeddings and automatic masks have their own group and
+clicks bypass the queue, so clicks stay fast while someone trains.
 """
 
 from __future__ import annotations
@@ -247,6 +247,10 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                                  "check: higher keeps more masks, 0 keeps all)",
                                                  placeholder="empty: the model's calibrated value",
                                                  elem_id="cs-flow-threshold")
+                            diameter = gr.Textbox("", label="Object diameter (px), for images of "
+                                                  "another magnification",
+                                                  placeholder="empty: the training images' scale",
+                                                  elem_id="cs-diameter")
                         with gr.Row():
                             predict_btn = gr.Button("Predict", variant="primary",
                                                     elem_id="cs-predict")
@@ -351,7 +355,7 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         rollback_btn.click(trn.rollback, [state, round_dd], [*rounds_out, *canvas_out],
                            **on_canvas)
 
-        predict_btn.click(res.predict, [state, scope, prob, min_size, right, flow_qc],
+        predict_btn.click(res.predict, [state, scope, prob, min_size, right, flow_qc, diameter],
                           [slider, pred_md, legend, cmp_md], **gpu).success(
             trn.refresh_rounds, [state], rounds_out)
         right.input(res.show_comparison, [state, right], [slider, legend, cmp_md])

@@ -18,7 +18,7 @@ from cellsparse_app.ui.context import AppContext, AppSettings
 from cellsparse_app.ui.fields import optional_float, optional_int
 
 TRAIN_FIELDS = ("cs-seconds", "cs-steps", "cs-batch", "cs-patch", "cs-lr", "cs-warmup")
-PREDICT_FIELDS = ("cs-prob", "cs-min-size", "cs-flow-threshold")
+PREDICT_FIELDS = ("cs-prob", "cs-min-size", "cs-flow-threshold", "cs-diameter")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def defaults(tmp_path_factory):
 
 
 def test_optional_fields_start_empty_not_zero(defaults):
-    for key in ("cs-steps", "cs-lr", "cs-prob", "cs-flow-threshold"):
+    for key in ("cs-steps", "cs-lr", "cs-prob", "cs-flow-threshold", "cs-diameter"):
         assert defaults[key] == "", key  # gr.Number(None) would show and send 0
 
 
@@ -56,7 +56,7 @@ def test_untouched_predict_tab_is_the_cli_default(defaults):
     from cellsparse_app.cli import build_parser
 
     cfg = res.predict_config(defaults["cs-prob"], defaults["cs-min-size"],
-                             defaults["cs-flow-threshold"])
+                             defaults["cs-flow-threshold"], defaults["cs-diameter"])
     args = build_parser().parse_args(["predict", "--model", "m", "x.tif", "--out", "o"])
     cli = PredictConfig(device=args.device)
     for name, value in (("prob_threshold", args.prob_threshold), ("min_size", args.min_size),
@@ -64,7 +64,10 @@ def test_untouched_predict_tab_is_the_cli_default(defaults):
         if value is not None:
             cli = cli.replace(**{name: value})
     assert cfg == cli
-    assert cfg.flow_threshold is None and cfg.prob_threshold is None
+    assert cfg.flow_threshold is None and cfg.prob_threshold is None and cfg.diameter is None
+    assert res.predict_config("", 15, "", "42").diameter == 42.0  # another magnification
+    with pytest.raises(ValueError, match="Object diameter .* must be > 0"):
+        res.predict_config("", 15, "", "0")
 
 
 def test_fields_parse_text_and_numbers_and_name_bad_values():
