@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellsparse_app.atomic_files import TMP_SUFFIX, write_atomic
 from cellsparse_app.job_records import (
     CANCELLED,
     FINISHED_STATES,
@@ -59,8 +58,10 @@ class JobJournal:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(".tmp-*"):  # a crash during a write
-            stale.unlink(missing_ok=True)
+        # Left by a crash during a write (".tmp-*": the name earlier versions used).
+        for pattern in (f".*{TMP_SUFFIX}", ".tmp-*"):
+            for stale in self.directory.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     def _path(self, job_id: str, suffix: str) -> Path:
         if not _ID.match(job_id):
@@ -68,15 +69,7 @@ class JobJournal:
         return self.directory / f"{job_id}{suffix}"
 
     def _write(self, final: Path, write: Any) -> None:
-        tmp = self.directory / f".tmp-{uuid.uuid4().hex[:8]}-{final.name}"
-        try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(final, write, durable=True)
 
     # -- records ------------------------------------------------------------------------------
     def save(self, job: JobRecord) -> None:

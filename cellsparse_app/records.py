@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cellsparse_app.atomic_files import write_text_atomic
 from cellsparse_app.io import ImageConfig
 
 FORMAT_VERSION = 1
@@ -110,6 +111,4 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
         "active_round": manifest.active_round,
         "next_id": manifest.next_id,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1))

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cellsparse_app.atomic_files import write_atomic
 from cellsparse_app.io import ImageConfig
 from cellsparse_app.models.base import ModelConfig, ModelFamily, get_family
 
@@ -81,9 +80,9 @@ class TrainedModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda f: torch.save(state, f))
+        write_atomic(directory / WEIGHTS_NAME, lambda f: torch.save(state, f))
         text = json.dumps(self.to_json(), indent=2, default=_json_default) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda f: f.write(text.encode()))
+        write_atomic(directory / CONFIG_NAME, lambda f: f.write(text.encode()))
         return directory
 
     @classmethod
@@ -141,17 +140,6 @@ class TrainedModel:
             history=list(data.get("history", [])),
             meta=dict(data.get("meta", {})),
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(value: Any) -> Any:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Collection
 
+from cellsparse_app.atomic_files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 #: Name prefix of every session folder (nothing else under the root is ever removed).
@@ -117,7 +119,4 @@ class SessionFile:
         return state if isinstance(state, dict) else {}
 
     def update(self, **changes: Any) -> None:
-        state = {**self.read(), **changes}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.path)
+        write_text_atomic(self.path, json.dumps({**self.read(), **changes}))
