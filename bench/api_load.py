@@ -39,7 +39,7 @@ def _b64png(array: np.ndarray) -> str:
 
 def _sample() -> tuple[np.ndarray, np.ndarray]:
     """A real 256x256 fluorescence image (uint8 gray) and its dense annotation."""
-    from cellsparse_app.datasets import load_dataset
+    from bench.datasets import load_dataset
 
     samples, _ = load_dataset("dsb2018_fluo_dev")
     for s in samples:
@@ -109,7 +109,7 @@ def run(url: str, clients: int = 8, seconds: float = 15.0, sam_type: str = "vit_
     """
     import httpx
 
-    from cellsparse_app.labels import select_sparse, to_wire
+    from cellsparse_app.data.labels import select_sparse, to_wire
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     image, mask = _sample()

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellsparse_app.labels import select_sparse
+from cellsparse_app.data.labels import select_sparse
 
 MODES: dict[str, str] = {
     "bg": "sparse + background",

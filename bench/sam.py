@@ -65,7 +65,7 @@ def _load() -> str:
 def _test_image(size: int) -> np.ndarray:
     """A real nuclei image cropped/tiled to ``size x size`` (falls back to synthetic blobs)."""
     try:
-        from cellsparse_app.datasets import load_dataset
+        from bench.datasets import load_dataset
 
         samples, _ = load_dataset("dsb2018_fluo_dev")
         image = max(samples, key=lambda s: s.image.size).image
@@ -163,7 +163,7 @@ def quality_rows(n_nuclei: int) -> list[dict[str, Any]]:
     """Click IoU against annotated nuclei for the fallback and SAM models with real weights."""
     from scipy import ndimage as ndi
 
-    from cellsparse_app.datasets import load_dataset
+    from bench.datasets import load_dataset
     from cellsparse_app.sam import SamAnnotator, SamConfig, WeightsManager
 
     try:
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     clicks = 10 if args.quick and args.clicks == 20 else args.clicks
     paths = [_parse_path(p) for p in args.paths.split(",")] if args.paths else list(ENCODER_PATHS)
-    from cellsparse_app.threads import machine_is_busy
+    from cellsparse_app.runtime.threads import machine_is_busy
 
     click_threads = (args.decoder_threads if args.decoder_threads is not None
                      else f"auto: {'1 (busy machine)' if machine_is_busy() else 'all'}")

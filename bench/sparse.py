@@ -15,10 +15,10 @@ plain fp32 PyTorch loop of the same network measured in the same run (:mod:`benc
 Prediction speed (Mpx/s of test images through ``predict_instances``) is reported beside AP.
 
 Variants (``--variants``, compared in one run): ``dN`` rescales the cells to N pixels across
-(:mod:`cellsparse_app.object_scale`), ``native`` trains at the images' own scale (the behaviour
+(:mod:`cellsparse_app.data.object_scale`), ``native`` trains at the images' own scale (the behaviour
 before object rescaling); ``+out`` resamples the network output instead of the labels back to the
 image grid; ``+up`` also enlarges cells smaller than N; ``+nostain`` ignores the stain suggestion
-that ``--stain auto`` (the default) applies (:func:`cellsparse_app.stains.suggest_stain` on the
+that ``--stain auto`` (the default) applies (:func:`cellsparse_app.data.stains.suggest_stain` on the
 training images).
 
 The markdown table is printed and written with the raw JSON to ``bench/results/``.
@@ -46,7 +46,7 @@ from bench.conditions import (
     training_labels,
 )
 from bench.report import markdown_report
-from cellsparse_app.object_scale import CANONICAL_DIAMETER
+from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("dsb2018_fluo_dev", "usiigaci_phase_dev")
@@ -152,7 +152,7 @@ def parse_variant(text: str) -> dict[str, Any]:
 
 def run_one(train_images, labels, test, cfg, image_config=None, predict_cfg=None) -> dict[str, Any]:
     """Train once under ``cfg`` and evaluate on ``test`` samples; one result row."""
-    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.data.metrics import evaluate_many
     from cellsparse_app.predict import PredictConfig, predict_instances
     from cellsparse_app.train import train
 
@@ -196,10 +196,10 @@ def training_rate(reports: Sequence[Any], batch_size: int) -> tuple[int, float]:
 
 def run(settings: BenchSettings, log=print) -> dict[str, Any]:
     """Run the whole grid; returns ``{"settings", "rows", "reference"}`` (JSON-serialisable)."""
-    from cellsparse_app.datasets import load_dataset
-    from cellsparse_app.io import ImageConfig
+    from bench.datasets import load_dataset
+    from cellsparse_app.data.images import ImageConfig
     from cellsparse_app.predict import PredictConfig
-    from cellsparse_app.stains import suggest_stain
+    from cellsparse_app.data.stains import suggest_stain
     from cellsparse_app.train import TrainConfig
 
     check_families(settings.families)

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cellsparse_app.io import ImageConfig
-from cellsparse_app.labels import UNLABELLED
+from cellsparse_app.data.images import ImageConfig
+from cellsparse_app.data.labels import UNLABELLED
 
 
 def random_patches(

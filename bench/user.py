@@ -98,8 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[UserSettings, bool]:
 def load_samples(data: str, crop: int | None = None) -> list[Any]:
     """Samples of a data set name (in ``../shared/data``) or an ``.npz`` path, optionally
     centre-cropped to ``crop`` x ``crop``."""
-    from cellsparse_app.datasets import Sample, load_dataset
-    from cellsparse_app.labels import relabel_sequential
+    from bench.datasets import Sample, load_dataset
+    from cellsparse_app.data.labels import relabel_sequential
 
     path = Path(data)
     if path.suffix == ".npz":
@@ -237,7 +237,7 @@ def annotate_image(ws: Any, image_id: str, dense: np.ndarray, ids: Sequence[int]
 
 def band_labels(dense: np.ndarray, ids: Sequence[int], width: int = BAND_PX) -> np.ndarray:
     """Reference labels: the chosen cells' true masks plus a ``width``-px Background ring."""
-    from cellsparse_app.labels import select_sparse
+    from cellsparse_app.data.labels import select_sparse
 
     labels = select_sparse(dense, ids, background=False)
     ring = (ndi.distance_transform_edt(labels <= 0) <= width) & (dense == 0)
@@ -248,8 +248,8 @@ def band_labels(dense: np.ndarray, ids: Sequence[int], width: int = BAND_PX) -> 
 # -- one seed -------------------------------------------------------------------------------------
 def train_and_score(ws: Any, cfg: Any, test_ids: Sequence[str], truths: Sequence[np.ndarray]):
     """Drain ``ws.train(cfg)``, predict ``test_ids`` as the UI's Predict does, pool AP."""
-    from cellsparse_app import hitl
-    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.session import rounds as hitl
+    from cellsparse_app.data.metrics import evaluate_many
     from cellsparse_app.predict import PredictConfig
 
     run, notices, t0 = ws.train(cfg), [], time.perf_counter()

@@ -17,7 +17,7 @@ logger = logging.getLogger("cellsparse_app.cli")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cellsparse_app.io import ImageConfig, read_image, read_labels
+    from cellsparse_app.data.images import ImageConfig, read_image, read_labels
     from cellsparse_app.train import TrainConfig, TrainedModel, train
 
     if len(args.images) != len(args.labels):
@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.stain != "none" and initial is None:
         stain = args.stain
         if stain == "auto":
-            from cellsparse_app.stains import suggest_stain
+            from cellsparse_app.data.stains import suggest_stain
 
             suggestion = suggest_stain(images)
             stain = suggestion.stain
@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cellsparse_app.io import read_image, write_labels
+    from cellsparse_app.data.images import read_image, write_labels
     from cellsparse_app.predict import PredictConfig, predict_instances
     from cellsparse_app.train import TrainedModel
 
@@ -92,8 +92,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cellsparse_app.io import read_labels
-    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.data.images import read_labels
+    from cellsparse_app.data.metrics import evaluate_many
 
     if len(args.truth) != len(args.pred):
         raise ValueError(f"{len(args.truth)} truth file(s) but {len(args.pred)} prediction file(s)")
@@ -104,7 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from cellsparse_app.io import read_image, write_labels
+    from cellsparse_app.data.images import read_image, write_labels
     from cellsparse_app.sam import AutoMaskConfig, RenderConfig, SamAnnotator, SamConfig
 
     overrides = {"device": args.device}

@@ -2,7 +2,7 @@
 
 The image is normalised as in training (``model.image``), resized by the model's object scale
 (``model.config.scale``, or the one a given ``PredictConfig.diameter`` asks for; see
-:mod:`cellsparse_app.object_scale`), cut into overlapping tiles (at most
+:mod:`cellsparse_app.data.object_scale`), cut into overlapping tiles (at most
 ``tile_size`` square; a smaller image is one tile), run through the network in batches under
 ``torch.inference_mode`` (channels-last; fp16 autocast on CUDA), and the tiles' outputs are blended
 with weights that fall off towards the tile edges, so there are no seams. The family then turns
@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cellsparse_app import device as devices
-from cellsparse_app.config import JsonConfig
-from cellsparse_app.io import validate_image
+from cellsparse_app.runtime import device as devices
+from cellsparse_app.json_config import JsonConfig
+from cellsparse_app.data.images import validate_image
 from cellsparse_app.models.trained import TrainedModel
-from cellsparse_app.object_scale import (
+from cellsparse_app.data.object_scale import (
     prediction_scale,
     rescale_image,
     resize_labels,

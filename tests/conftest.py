@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellsparse_app.datasets import default_data_dir, load_dataset
+from bench.datasets import default_data_dir, load_dataset
 
 
 def _load(name: str):

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellsparse_app.labels import select_sparse
+from cellsparse_app.data.labels import select_sparse
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -51,8 +51,8 @@ def files(dsb_fluo, tmp_path_factory):
 
 
 def test_train_predict_evaluate_round_trip(files):
-    from cellsparse_app.io import read_labels
-    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.data.images import read_labels
+    from cellsparse_app.data.metrics import evaluate_many
 
     model = files["root"] / "model"
     result = _cli(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cellsparse_app.io import ImageConfig
-from cellsparse_app.labels import from_dense
+from cellsparse_app.data.images import ImageConfig
+from cellsparse_app.data.labels import from_dense
 from cellsparse_app.models.cellpose import CellposeConfig
 from cellsparse_app.predict import PredictConfig, predict_instances, predict_raw, tile_layout
 from cellsparse_app.train import TrainConfig, TrainedModel, train
@@ -51,7 +51,7 @@ def test_any_image_size_gives_labels_of_that_size(nuclei_model):
 
 def test_tiled_prediction_matches_untiled(nuclei_model, dsb_fluo):
     """A 512x512 mosaic of real images, cut into 4+ tiles, segments like the whole image."""
-    from cellsparse_app.metrics import match_labels
+    from cellsparse_app.data.metrics import match_labels
 
     tiles = [s.image for s in _small_images(dsb_fluo)]  # four 256x256 images
     mosaic = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])

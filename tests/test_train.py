@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellsparse_app.labels import from_dense, select_sparse
+from cellsparse_app.data.labels import from_dense, select_sparse
 from cellsparse_app.models.cellpose import CellposeConfig, flow_targets
 from cellsparse_app.train import TrainConfig, TrainedModel, TrainProgress, train, train_iter
 from cellsparse_app.train.augment import Source, Transform, random_transform, warp_patches
@@ -250,7 +250,7 @@ def test_short_training_on_real_nuclei_generalises(dsb_fluo):
     gives ~0.8). Steps, not seconds, so the outcome does not depend on the machine's load."""
     from bench.conditions import split_samples
 
-    from cellsparse_app.metrics import evaluate_many
+    from cellsparse_app.data.metrics import evaluate_many
     from cellsparse_app.predict import predict_instances
 
     train_set, test_set = split_samples(dsb_fluo, 4, 6)
@@ -266,7 +266,7 @@ def test_short_training_on_real_nuclei_generalises(dsb_fluo):
 
 
 def test_batch_thread_leaves_the_cores_to_the_network():
-    from cellsparse_app.threads import _libgomp
+    from cellsparse_app.runtime.threads import _libgomp
     from cellsparse_app.train.loop import _Prefetcher
 
     if _libgomp() is None or torch.get_num_threads() < 2:

@@ -4,7 +4,7 @@ Images arrive base64-encoded (PNG as samapi clients send, TIFF as qupath-extensi
 sends, or JPEG). Their header is read first and oversized images are refused *before* any pixel is
 decoded (decompression bombs). Label images use the cellsparse-api wire format (0 unlabelled,
 1 background, >=2 instances) and are converted to the core convention with
-:func:`cellsparse_app.labels.from_wire`.
+:func:`cellsparse_app.data.labels.from_wire`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsparse_app.api.errors import PayloadTooLarge
-from cellsparse_app.io import read_image
-from cellsparse_app.labels import from_wire, validate_labels
+from cellsparse_app.data.images import read_image
+from cellsparse_app.data.labels import from_wire, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def geojson_features(
 
     ``simplify_tol`` None, NaN (QuPath's "not applying") or <= 0 keeps exact outlines.
     """
-    from cellsparse_app.export import labels_to_geojson_features
+    from cellsparse_app.data.export import labels_to_geojson_features
 
     tol = simplify_tol if simplify_tol is not None and math.isfinite(simplify_tol) else 0.0
     return labels_to_geojson_features(labels, simplify_tol=max(0.0, float(tol)))
@@ -193,7 +193,7 @@ def sam_features(
     the score of its own mask. Empty masks are left out (samapi sends an empty Polygon, which
     QuPath turns into an empty annotation); the others are numbered without gaps.
     """
-    from cellsparse_app.polygons import mask_to_polygons
+    from cellsparse_app.data.polygons import mask_to_polygons
 
     out = []
     for mask, score in zip(masks, scores):

@@ -15,7 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cellsparse_app.jobs import QueueFullError, ShuttingDownError
+from cellsparse_app.jobs.runner import QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 

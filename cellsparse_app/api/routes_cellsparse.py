@@ -25,7 +25,7 @@ from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.settings import BYTES_PER_BATCH_PIXEL
 from cellsparse_app.api.state import AppState, get_state, require_family
-from cellsparse_app.store import validate_name
+from cellsparse_app.storage.model_store import validate_name
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _handle(family: str, body: CellsparseBody, st: AppState,
         images = _images(body, st)
         channels = _channels(body) if family == "cellpose" else None
         if body.train:
-            from cellsparse_app.io import ImageConfig
+            from cellsparse_app.data.images import ImageConfig
 
             labels = _labels(body, images, st)
             steps = body.epochs * body.steps

@@ -22,7 +22,7 @@ from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.routes_cellsparse import budget_note, predict_labels, train_config
 from cellsparse_app.api.state import AppState, get_state, require_family
-from cellsparse_app.store import validate_name
+from cellsparse_app.storage.model_store import validate_name
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class MetricsBody(BaseModel):
 
 
 def _decode_labels(data: str, fmt: str, shape: Any, what: str, cap: int) -> Any:
-    from cellsparse_app.labels import from_dense
+    from cellsparse_app.data.labels import from_dense
 
     if fmt == "wire":
         return codec.decode_wire_labels(data, shape, what, cap)
@@ -131,7 +131,7 @@ def submit_job(body: TrainJobBody, st: AppState = Depends(get_state)) -> dict[st
         )
         image_config = None
         if body.channels:
-            from cellsparse_app.io import ImageConfig
+            from cellsparse_app.data.images import ImageConfig
 
             image_config = ImageConfig(channels=tuple(body.channels))
         job_id = st.runner.submit(images, labels, cfg, model_name=name, resume=body.resume,
@@ -191,7 +191,7 @@ def predict(body: PredictBody, st: AppState = Depends(get_state)) -> Any:
             return codec.geojson_features(labels, body.simplify_tol)
         import tifffile
 
-        from cellsparse_app.labels import to_instances
+        from cellsparse_app.data.labels import to_instances
 
         instances = to_instances(labels.astype("int64").astype("int32"))
         buf = io.BytesIO()
@@ -208,7 +208,7 @@ def predict(body: PredictBody, st: AppState = Depends(get_state)) -> Any:
 
 @router.post("/metrics", summary="AP / precision / recall / F1 of a prediction against truth")
 def metrics(body: MetricsBody, st: AppState = Depends(get_state)) -> dict[str, Any]:
-    from cellsparse_app.metrics import match_labels
+    from cellsparse_app.data.metrics import match_labels
 
     with core_errors():
         cap = st.settings.max_image_pixels

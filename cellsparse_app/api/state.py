@@ -15,9 +15,9 @@ from fastapi import Request
 
 from cellsparse_app.api.errors import NotAvailable
 from cellsparse_app.api.settings import ServerSettings
-from cellsparse_app.jobs import JobRunner
-from cellsparse_app.store import ModelStore
-from cellsparse_app.training_slot import process_slot
+from cellsparse_app.jobs.runner import JobRunner
+from cellsparse_app.storage.model_store import ModelStore
+from cellsparse_app.jobs.slot import process_slot
 
 if TYPE_CHECKING:
     from cellsparse_app.api.sam_bridge import SamService

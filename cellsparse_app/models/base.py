@@ -5,7 +5,7 @@ A *family* (Cellpose-style flows, StarDist-style rays, ELEPHANT-style classes ..
 * a frozen config dataclass (architecture hyper-parameters, saved in ``config.json``);
 * ``build(cfg)``: the ``torch.nn.Module`` (input ``(B, C, H, W)`` float, output ``(B, K, H, W)``);
 * ``targets(labels, cfg)``: per-pixel training targets computed **only from annotated pixels**
-  of a label patch in the -1/0/1..N convention (see :mod:`cellsparse_app.labels`);
+  of a label patch in the -1/0/1..N convention (see :mod:`cellsparse_app.data.labels`);
 * ``loss(output, target, cfg)``: a loss averaged over labelled pixels only, so that changing the
   image or labels under unlabelled (-1) pixels never changes it;
 * ``postprocess(output, cfg, predict_cfg)``: raw network output of one image -> instance labels;
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from cellsparse_app.config import JsonConfig
+from cellsparse_app.json_config import JsonConfig
 
 if TYPE_CHECKING:  # torch is imported lazily by families so the core imports fast
     import torch
@@ -44,7 +44,7 @@ class ModelConfig(JsonConfig):
         diameter: median diameter (pixels) of the annotated objects in the training images;
             ``None``: not recorded (models saved before object rescaling).
         scale: resize factor from the training images' pixels to the network's (see
-            :mod:`cellsparse_app.object_scale`); images are resized by it before prediction.
+            :mod:`cellsparse_app.data.object_scale`); images are resized by it before prediction.
             Models saved before it load with 1 (no rescaling).
     """
 

@@ -281,7 +281,7 @@ class StarDistFamily(ModelFamily):
 
     def _ap(self, outputs, truths, cfg: StarDistConfig) -> float:
         """AP@0.5 of ``cfg``'s own settings on the calibration crops."""
-        from cellsparse_app.metrics import evaluate_many
+        from cellsparse_app.data.metrics import evaluate_many
         from cellsparse_app.predict import PredictConfig
 
         preds = [self.postprocess(out, cfg, PredictConfig(min_size=0)) for out in outputs]

@@ -1,7 +1,7 @@
 """A trained model: network + everything needed to rebuild and run it, saved as a directory.
 
 ``directory/config.json`` holds the family name, the family's model config, the
-:class:`~cellsparse_app.io.ImageConfig` used in training, the training history and meta data;
+:class:`~cellsparse_app.data.images.ImageConfig` used in training, the training history and meta data;
 ``directory/weights.pt`` holds the network's ``state_dict``, loaded back with
 ``torch.load(weights_only=True)`` (no pickled code is ever executed).
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from cellsparse_app.atomic_files import write_atomic
-from cellsparse_app.io import ImageConfig
+from cellsparse_app.storage.atomic_files import write_atomic
+from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.models.base import ModelConfig, ModelFamily, get_family
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class TrainedModel:
             FileNotFoundError: the directory or one of its two files is missing.
             ValueError: unreadable/incompatible ``config.json`` or weights.
         """
-        from cellsparse_app.device import resolve_device
+        from cellsparse_app.runtime.device import resolve_device
 
         directory = Path(directory)
         if not directory.is_dir():

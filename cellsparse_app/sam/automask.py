@@ -68,7 +68,7 @@ class AutoMaskResult:
     Attributes:
         labels: ``int32 (H, W)``: 0 where no object was found, ``1..N`` objects. This is a
             dense instance image, not an annotation: pick objects with
-            :func:`cellsparse_app.labels.select_sparse`.
+            :func:`cellsparse_app.data.labels.select_sparse`.
         scores: ``float32 (N,)``: predicted quality of object ``i + 1``.
         stability: ``float32 (N,)`` stability scores (SAM; the fallback gives solidity).
         model: backend that produced them.
@@ -116,7 +116,7 @@ def sam_masks(engine: Any, rgb: np.ndarray, cfg: AutoMaskConfig,
         embed: ``embed(rgb_crop) -> SamEmbedding`` (cached).
         progress: called as ``progress(batches_done, batches_total)``.
     """
-    from cellsparse_app._compat import ensure_torchvision
+    from cellsparse_app.runtime.compat import ensure_torchvision
 
     ensure_torchvision()  # SAM's generator uses torchvision's batched_nms
     module = importlib.import_module(f"{engine.spec.module}.automatic_mask_generator")

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cellsparse_app.config import JsonConfig
+from cellsparse_app.json_config import JsonConfig
 from cellsparse_app.sam.download import DownloadError, DownloadPolicy
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Configuration of the SAM prompt engine: which model, where its weights are, how it runs.
 
-Three frozen dataclasses (JSON round trip through :class:`~cellsparse_app.config.JsonConfig`):
+Three frozen dataclasses (JSON round trip through :class:`~cellsparse_app.json_config.JsonConfig`):
 
 * :class:`SamConfig`: backend (``vit_t`` MobileSAM by default, ``vit_b/l/h`` SAM, ``fallback``),
   checkpoint, device, encoder engine and precision, embedding cache size, download policy.
@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Mapping
 
-from cellsparse_app.config import JsonConfig
+from cellsparse_app.json_config import JsonConfig
 from cellsparse_app.sam.input_side import STANDARD_SIDE, check_encoder_side
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class SamConfig(JsonConfig):
             (:mod:`cellsparse_app.sam.input_side`).
         threads: intra-op threads of the ONNX encoder (None: torch's current setting).
         decoder_threads: OpenMP threads decoding a click on CPU, set for the calling thread
-            only (:mod:`cellsparse_app.threads`). None: automatic, 1 while the machine is
+            only (:mod:`cellsparse_app.runtime.threads`). None: automatic, 1 while the machine is
             busy (load average above half the cores: waiting at a barrier per operation then
             costs up to 8x), all otherwise; 0: torch's setting.
         cache_size: image embeddings kept in memory (LRU, shared by all users).

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cellsparse_app.io import validate_image
+from cellsparse_app.data.images import validate_image
 from cellsparse_app.sam.automask import AutoMaskResult, sam_masks, to_result
 from cellsparse_app.sam.cache import LruCache
 from cellsparse_app.sam.config import OUTPUT_MODES, AutoMaskConfig, RenderConfig, SamConfig

@@ -125,7 +125,7 @@ def import_backend_module(spec: BackendSpec) -> Any:
             f"SAM backend {spec.name!r} needs the Python package {spec.package!r}: "
             f"pip install {spec.package} (or pip install 'cellsparse-app[sam]')"
         )
-    from cellsparse_app._compat import ensure_torchvision
+    from cellsparse_app.runtime.compat import ensure_torchvision
 
     ensure_torchvision()  # segment_anything / mobile_sam (timm) import torchvision
     return importlib.import_module(f"{spec.module}.build_sam")

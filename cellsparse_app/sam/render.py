@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from cellsparse_app.io import normalize, select_channels, validate_image
+from cellsparse_app.data.images import normalize, select_channels, validate_image
 from cellsparse_app.sam.config import RenderConfig
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def render_rgb(image: np.ndarray, config: RenderConfig | None = None) -> np.ndar
         config: channels and percentiles (default :class:`RenderConfig`).
 
     Raises:
-        ValueError: invalid images (see :func:`cellsparse_app.io.validate_image`) or channel
+        ValueError: invalid images (see :func:`cellsparse_app.data.images.validate_image`) or channel
             indices the image does not have.
     """
     cfg = config or RenderConfig()

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellsparse_app import labels as lbl
+from cellsparse_app.data import labels as lbl
 from cellsparse_app.sam.config import OUTPUT_MODES
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class MaskResult:
 
         Args:
             unlabelled: pixels outside every mask are ``-1`` (unlabelled, the annotation
-                convention of :mod:`cellsparse_app.labels`); False gives 0 there.
+                convention of :mod:`cellsparse_app.data.labels`); False gives 0 there.
         """
         painted = paint_masks(self.masks, self.scores)
         if unlabelled:

@@ -2,7 +2,7 @@
 
 * :mod:`~cellsparse_app.session.workspace`: :class:`Workspace`, a user's project plus what is on
   the canvas (prompts, selection, candidates, zoom); the UI's handlers call one method each;
-* :mod:`~cellsparse_app.session.rounds`: training rounds, prediction, comparison, export;
+* :mod:`~cellsparse_app.session.workspace_rounds`: training rounds, prediction, comparison, export;
 * :mod:`~cellsparse_app.session.sam_bridge`: clicks and boxes to the SAM prompt engine;
 * :mod:`~cellsparse_app.session.overlays`: the pictures (annotation overlay, errors, changes);
 * :mod:`~cellsparse_app.session.viewport`: the zoomed, panned crop of the canvas;

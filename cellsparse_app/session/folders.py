@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Collection
 
-from cellsparse_app.atomic_files import write_text_atomic
+from cellsparse_app.storage.atomic_files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cellsparse_app.drawing import polyline_mask
-from cellsparse_app.io import ImageConfig, normalize, select_channels
+from cellsparse_app.data.drawing import polyline_mask
+from cellsparse_app.data.images import ImageConfig, normalize, select_channels
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""One user's working session: a :class:`~cellsparse_app.project.Project` plus what is on screen.
+"""One user's working session: a :class:`~cellsparse_app.storage.project.Project` plus what is on screen.
 
 The web UI keeps one :class:`Workspace` per browser session (in ``gr.State``); its handlers call
 exactly one method here and format the returned :class:`CanvasView`. The workspace holds the
 transient state of annotating (SAM prompt points and box, the mask preview, the selected object,
 automatic-mask candidates) and forwards training, prediction, comparison and export to
-:mod:`cellsparse_app.hitl`. Nothing here imports a front end.
+:mod:`cellsparse_app.session.rounds`. Nothing here imports a front end.
 
 Coordinates are ``(row, col)``; the UI converts Gradio's ``(x, y)`` before calling.
 """
@@ -21,15 +21,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cellsparse_app import drawing
-from cellsparse_app.annotations import AnnotationSummary
-from cellsparse_app.io import ImageConfig, read_image
-from cellsparse_app.margins import DEFAULT_MARGIN_PX, check_margin
-from cellsparse_app.plausibility import AcceptGuard, implausible_mask_reason
-from cellsparse_app.project import Project
+from cellsparse_app.data import drawing
+from cellsparse_app.data.annotations import AnnotationSummary
+from cellsparse_app.data.images import ImageConfig, read_image
+from cellsparse_app.data.margins import DEFAULT_MARGIN_PX, check_margin
+from cellsparse_app.data.plausibility import AcceptGuard, implausible_mask_reason
+from cellsparse_app.storage.project import Project
 from cellsparse_app.session import overlays, sam_bridge
 from cellsparse_app.session.folders import SESSION_PREFIX, SessionFile, session_folder
-from cellsparse_app.session.rounds import RoundsMixin
+from cellsparse_app.session.workspace_rounds import RoundsMixin
 from cellsparse_app.session.sam_bridge import (  # noqa: F401  (the click modes are part of this API)
     BACKGROUND_BOX,
     BOX,
@@ -174,7 +174,7 @@ class Workspace(RoundsMixin):
 
     def add_example(self, image_path: Path, truth_path: Path | None = None) -> str:
         """Add the bundled example (with its ground truth for AP display)."""
-        from cellsparse_app.io import read_labels
+        from cellsparse_app.data.images import read_labels
 
         truth = read_labels(truth_path) if truth_path is not None else None
         image_id = self.project.add_image(read_image(image_path), image_path.name, truth=truth)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cellsparse_app.labels import UNLABELLED
+from cellsparse_app.data.labels import UNLABELLED
 
 logger = logging.getLogger(__name__)
 

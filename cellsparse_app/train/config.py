@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from cellsparse_app.config import JsonConfig
-from cellsparse_app.device import DEVICES, PRECISIONS
-from cellsparse_app.object_scale import CANONICAL_DIAMETER
+from cellsparse_app.json_config import JsonConfig
+from cellsparse_app.runtime.device import DEVICES, PRECISIONS
+from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TrainConfig(JsonConfig):
         intensity: strength of the random contrast/brightness changes (0 disables them).
         log_every: report progress (and record history) every this many steps.
         diameter: diameter (pixels) of the cells in the training images; ``None``: measured, the
-            median over the annotated cells (:func:`cellsparse_app.object_scale.median_diameter`).
+            median over the annotated cells (:func:`cellsparse_app.data.object_scale.median_diameter`).
         object_diameter: diameter the cells are resized to for the network (the model records
             the scale, ``object_diameter / diameter``, and predicts at it); ``None``: no
             rescaling (scale 1). Continued training keeps the initial model's scale.

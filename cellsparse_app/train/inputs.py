@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cellsparse_app.io import ImageConfig, validate_image
-from cellsparse_app.labels import validate_labels
+from cellsparse_app.data.images import ImageConfig, validate_image
+from cellsparse_app.data.labels import validate_labels
 
 logger = logging.getLogger(__name__)
 

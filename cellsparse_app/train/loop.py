@@ -7,7 +7,7 @@ Design (why it is fast and safe on a 2-core CPU):
   background thread cuts, augments and stacks the next batches while the network trains, so the
   network never waits for data.
 * The network runs channels-last; bf16/fp16 autocast only where it pays (see
-  :mod:`cellsparse_app.device`).
+  :mod:`cellsparse_app.runtime.device`).
 * The learning rate warms up over the model's *whole life* (``meta["steps_done"]``), so continued
   training does not warm up again, then follows a cosine decay over each round's budget
   (steps or seconds, whichever is tighter).
@@ -30,11 +30,11 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from cellsparse_app import device as devices
-from cellsparse_app.io import ImageConfig
+from cellsparse_app.runtime import device as devices
+from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.models.base import ModelConfig, get_family
 from cellsparse_app.models.trained import TrainedModel
-from cellsparse_app.threads import omp_threads
+from cellsparse_app.runtime.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
 from cellsparse_app.train.calibration import calibrate_config
 from cellsparse_app.train.config import TrainConfig, TrainProgress
@@ -361,7 +361,7 @@ def _version() -> str:
 class _Prefetcher:
     """Runs ``make`` in a background thread, keeping up to ``depth`` results ready.
 
-    The thread uses one OpenMP thread (:func:`cellsparse_app.threads.omp_threads`), leaving the
+    The thread uses one OpenMP thread (:func:`cellsparse_app.runtime.threads.omp_threads`), leaving the
     cores to the network's operations in the training thread.
     """
 

@@ -1,4 +1,4 @@
-"""The training side of object-scale normalisation (:mod:`cellsparse_app.object_scale`).
+"""The training side of object-scale normalisation (:mod:`cellsparse_app.data.object_scale`).
 
 Before training, the prepared images and their labels are resized so that the annotated cells
 have ``TrainConfig.object_diameter`` pixels; the model's config records the training diameter
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from cellsparse_app.models.base import ModelConfig
-from cellsparse_app.object_scale import median_diameter, rescale_image, rescale_labels, scale_for
+from cellsparse_app.data.object_scale import median_diameter, rescale_image, rescale_labels, scale_for
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ def family_advice() -> str:
 
 def default_device() -> str:
     """``"cuda"`` or ``"cpu"``: where ``device="auto"`` trains."""
-    from cellsparse_app.device import resolve_device
+    from cellsparse_app.runtime.device import resolve_device
 
     return resolve_device("auto").type
 
@@ -30,7 +30,7 @@ def describe_device() -> str:
     """Where training runs, in words (GPU name, or CPU with its thread count)."""
     import torch
 
-    from cellsparse_app.device import resolve_device
+    from cellsparse_app.runtime.device import resolve_device
 
     device = resolve_device("auto")
     if device.type == "cuda":

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: Seconds between two sweeps of stale session folders while the app runs.
 SWEEP_EVERY = 600.0
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
 def _env_number(name: str, default: float, kind: type[int] | type[float] = int) -> Any:

@@ -6,8 +6,8 @@ import html
 import time
 from typing import Any, Sequence
 
-from cellsparse_app.annotations import AnnotationSummary
-from cellsparse_app.project import ImageRecord, RoundRecord
+from cellsparse_app.data.annotations import AnnotationSummary
+from cellsparse_app.storage.project import ImageRecord, RoundRecord
 
 LEGEND_HTML = (
     '<div class="cs-legend">'

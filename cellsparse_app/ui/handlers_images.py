@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from cellsparse_app.io import ImageConfig
+from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.session.workspace import CanvasView, Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.context import AppContext
@@ -143,7 +143,7 @@ def apply_display(
 def stain_note(ws: Workspace) -> str:
     """What the image info says about stains: the one in use, or the one suggested for the
     current image when it differs (H&E, brightfield)."""
-    from cellsparse_app.stains import suggest_stain
+    from cellsparse_app.data.stains import suggest_stain
 
     used = ws.project.image_config.stain
     suggestion = suggest_stain(ws.project.image(ws.current))

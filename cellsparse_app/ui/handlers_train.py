@@ -16,7 +16,7 @@ from typing import Any, Generator
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import Notice, Waiting
+from cellsparse_app.session.rounds import Notice, Waiting
 from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require, to_gr_error

@@ -14,8 +14,8 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.hitl import EXPORT_FORMATS
-from cellsparse_app.margins import DEFAULT_MARGIN_PX
+from cellsparse_app.session.rounds import EXPORT_FORMATS
+from cellsparse_app.data.margins import DEFAULT_MARGIN_PX
 from cellsparse_app.predict import PredictConfig
 from cellsparse_app.session.workspace import (
     BACKGROUND_BOX,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from cellsparse_app.labels import select_sparse, to_wire
+from cellsparse_app.data.labels import select_sparse, to_wire
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from api_helpers import b64png
 
-from cellsparse_app.polygons import polygon_to_mask
+from cellsparse_app.data.polygons import polygon_to_mask
 
 SIDE = 64
 rr, cc = np.mgrid[:SIDE, :SIDE]

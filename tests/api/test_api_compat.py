@@ -65,7 +65,7 @@ def test_cellpose_train_eval_reset_round_trip(target, real_sample, request):
     assert m.status_code == 200, m.text[:300]
     assert m.json()["n_pred"] == len(features) and m.json()["n_true"] == real_sample.mask.max()
     # exactly what the core gives with the stored model
-    from cellsparse_app.export import labels_to_geojson_features
+    from cellsparse_app.data.export import labels_to_geojson_features
     from cellsparse_app.predict import PredictConfig, predict_instances
     from cellsparse_app.train import TrainedModel
 
@@ -172,7 +172,7 @@ def test_sam_prompts_and_automask(target, real_sample, sam_type):
     _check_features(feats, rgb.shape, sam=True)
     assert feats[0]["properties"]["sam_model"].startswith(sam_type)
     if sam_type == "fallback":  # a real segmenter: the clicked nucleus is inside its outline
-        from cellsparse_app.polygons import polygon_to_mask
+        from cellsparse_app.data.polygons import polygon_to_mask
 
         ring = np.asarray(feats[0]["geometry"]["coordinates"][0])
         assert polygon_to_mask(ring, rgb.shape[:2])[y, x]

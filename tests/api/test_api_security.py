@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from cellsparse_app.api import ServerSettings, create_app
 from cellsparse_app.api.errors import PayloadTooLarge, to_http
-from cellsparse_app.jobs import QueueFullError
+from cellsparse_app.jobs.runner import QueueFullError
 
 TOKEN = "s3cret-token-123"
 

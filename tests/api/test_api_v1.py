@@ -83,7 +83,7 @@ def test_job_with_bad_labels_fails_fast(tc_target, real_sample):
 def test_rest_job_waits_for_the_web_apps_training_in_the_same_process(tc_target, real_sample):
     """The server's jobs take the process's training slot, as the mounted web app's rounds do:
     a job submitted while a web round trains (and another waits) is queued behind both."""
-    from cellsparse_app.training_slot import process_slot
+    from cellsparse_app.jobs.slot import process_slot
 
     client, _ = tc_target
     image = gray(real_sample.image).astype(np.uint8)

@@ -28,8 +28,8 @@ from scipy import ndimage as ndi
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-EXAMPLE = ROOT / "assets" / "example_nuclei.png"
-TRUTH = ROOT / "assets" / "example_nuclei_labels.tif"
+EXAMPLE = ROOT / "cellsparse_app" / "assets" / "example_nuclei.png"
+TRUTH = ROOT / "cellsparse_app" / "assets" / "example_nuclei_labels.tif"
 #: AP@0.5 against the example's full ground truth that the default path must reach.
 AP50_FLOOR = 0.5
 
@@ -174,7 +174,7 @@ def _check_exports(files: dict[str, Path], n: int) -> None:
     with zipfile.ZipFile(model_zip[0]) as zf:
         names = zf.namelist()
     assert any(x.endswith("config.json") for x in names) and any(x.endswith(".pt") for x in names)
-    from cellsparse_app.project import Project
+    from cellsparse_app.storage.project import Project
 
     project = Project.load_zip(by_suffix["project.zip"][0], files[next(iter(files))].parent / "p")
     assert len(project.rounds) == 2 and project.active_round == 1

@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 import torch
 
-from cellsparse_app.labels import select_sparse
+from cellsparse_app.data.labels import select_sparse
 
 #: Training steps of the CLI round trip (short: the whole ``tests/models`` must stay fast).
 TRAIN_STEPS = 120

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellsparse_app.labels import from_dense, select_sparse
+from cellsparse_app.data.labels import from_dense, select_sparse
 from cellsparse_app.models import get_family
 from cellsparse_app.models.cellpose import (
     CellposeConfig,
@@ -120,12 +120,12 @@ def test_symmetric_cells_get_flows_independent_of_the_solver_rounding(monkeypatc
 
 def test_flows_match_cellpose_package(dsb_fluo):
     """Our steady-state solve gives Cellpose's own diffusion flows (cosine ~1)."""
-    from cellsparse_app._compat import ensure_torchvision
+    from cellsparse_app.runtime.compat import ensure_torchvision
 
     ensure_torchvision()
     from cellpose.dynamics import masks_to_flows_gpu
 
-    from cellsparse_app.labels import relabel_sequential
+    from cellsparse_app.data.labels import relabel_sequential
 
     mask = relabel_sequential(dsb_fluo[0].mask[:128, :128].astype(np.int32))
     ours = instance_flows(mask)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from family_checks import check_saved_model, cli_round_trip
 
-from cellsparse_app.labels import select_sparse
-from cellsparse_app.metrics import average_precision
+from cellsparse_app.data.labels import select_sparse
+from cellsparse_app.data.metrics import average_precision
 from cellsparse_app.models import get_family, list_families
 from cellsparse_app.models.elephant import (
     BACKGROUND_CLASS,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from family_checks import check_saved_model, cli_round_trip
 
-from cellsparse_app.labels import select_sparse
-from cellsparse_app.metrics import average_precision
+from cellsparse_app.data.labels import select_sparse
+from cellsparse_app.data.metrics import average_precision
 from cellsparse_app.models import get_family, list_families
 from cellsparse_app.models.star_geometry import (
     UNKNOWN_DISTANCE,
@@ -338,7 +338,7 @@ def test_short_sparse_training_segments_other_images(cli_run):
 
 def test_grid_network_predicts_any_image_size_with_tiles(dsb_fluo):
     """Tiles and padding follow the network's multiple (16: depth 3 on a grid of 2)."""
-    from cellsparse_app.labels import from_dense
+    from cellsparse_app.data.labels import from_dense
     from cellsparse_app.predict import PredictConfig, predict_instances, predict_raw
     from cellsparse_app.train import TrainConfig, train
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellsparse_app.io import ImageConfig
-from cellsparse_app.labels import select_sparse
-from cellsparse_app.metrics import match_labels
+from cellsparse_app.data.images import ImageConfig
+from cellsparse_app.data.labels import select_sparse
+from cellsparse_app.data.metrics import match_labels
 from cellsparse_app.session import overlays
 
 
@@ -105,7 +105,7 @@ def test_annotation_overlay_window_draws_the_crop_in_its_coordinates():
 
 
 def test_polyline_and_boxes_outside_the_image_are_clipped():
-    from cellsparse_app.drawing import polyline_mask
+    from cellsparse_app.data.drawing import polyline_mask
 
     line = polyline_mask([(2, -5), (2, 5), (12, 5)], (10, 10))
     assert line[2, :6].all() and line[2:, 5].all() and line.sum() == 6 + 7

@@ -107,7 +107,7 @@ def test_handlers_before_the_session_exists_explain():
 
 
 def test_core_never_imports_gradio():
-    code = ("import sys, cellsparse_app.session.workspace, cellsparse_app.project, cellsparse_app.hitl, "
+    code = ("import sys, cellsparse_app.session.workspace, cellsparse_app.storage.project, cellsparse_app.session.rounds, "
             "cellsparse_app.session.overlays; print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

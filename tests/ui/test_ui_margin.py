@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cellsparse_app import hitl
-from cellsparse_app.margins import DEFAULT_MARGIN_PX, annotation_warnings
+from cellsparse_app.session import rounds as hitl
+from cellsparse_app.data.margins import DEFAULT_MARGIN_PX, annotation_warnings
 from cellsparse_app.session.workspace import POSITIVE
 from cellsparse_app.ui import handlers_annotate as ann
 

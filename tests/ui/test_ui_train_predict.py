@@ -19,7 +19,7 @@ import pytest
 import roifile
 import tifffile
 
-from cellsparse_app.labels import select_sparse
+from cellsparse_app.data.labels import select_sparse
 from cellsparse_app.ui import handlers_images as img
 from cellsparse_app.ui import handlers_results as res
 from cellsparse_app.ui import handlers_train as trn
@@ -119,7 +119,7 @@ def test_exports_are_readable_and_agree(trained, tmp_path):
     ann = tifffile.imread(sparse[0])
     assert ann.dtype == np.int32 and ann.min() == -1 and ann.max() == 5
     # Every format ticked: all that apply are written, the sparse TIFF is skipped with why.
-    from cellsparse_app.hitl import EXPORT_FORMATS
+    from cellsparse_app.session.rounds import EXPORT_FORMATS
 
     with pytest.warns(UserWarning, match="Skipped: Sparse annotation TIFF.*only for 'My annot"):
         every = res.export(ws, "prediction", "current", list(EXPORT_FORMATS))
@@ -131,7 +131,7 @@ def test_exports_are_readable_and_agree(trained, tmp_path):
 
 
 def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
-    from cellsparse_app.export import unzip_model
+    from cellsparse_app.data.export import unzip_model
     from cellsparse_app.predict import predict_instances
     from cellsparse_app.train import TrainedModel
 
@@ -224,7 +224,7 @@ def test_a_run_waits_for_the_training_slot_shows_its_place_and_stop_leaves(ws, c
                                                                           example_truth):
     """Another training of the process (a REST job) holds the slot: the bar says how many are
     ahead, and Stop takes the run out of the queue without training."""
-    from cellsparse_app.training_slot import process_slot
+    from cellsparse_app.jobs.slot import process_slot
 
     img.load_example(ctx)(ws)
     _annotate_from_truth(ws, example_truth, ids=(1, 2))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellsparse_app.labels import relabel_sequential, validate_labels
+from cellsparse_app.data.labels import relabel_sequential, validate_labels
 
 #: Cellpose scales unit flows by 5 in the network output.
 FLOW_SCALE = 5.0

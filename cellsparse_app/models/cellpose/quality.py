@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellsparse_app.labels import relabel_sequential
+from cellsparse_app.data.labels import relabel_sequential
 from cellsparse_app.models.cellpose.flows import instance_flows
 
 logger = logging.getLogger(__name__)

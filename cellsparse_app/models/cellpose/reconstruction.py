@@ -19,7 +19,7 @@ MAX_SIZE_FRACTION = 0.4
 
 
 def _dynamics():
-    from cellsparse_app._compat import ensure_torchvision
+    from cellsparse_app.runtime.compat import ensure_torchvision
 
     ensure_torchvision()  # cellpose imports torchvision
     from cellpose import dynamics
