@@ -12,13 +12,13 @@ Drives the same core calls as the web UI's handlers (a
   the true mask), the prompt engine's mask accepted if its IoU with the true cell is >= 0.5;
 * ``box``: otherwise prompts cleared and a box prompt at the cell's slightly padded bounding box;
 * ``outline``: if that is still below 0.5, a hand-drawn outline (points along the true cell's edge,
-  simplified by 1 px) through ``Workspace.outline``;
+  simplified by 1 px) through ``Workspace.tools.outline``;
 * ``skipped``: Accept raised ``ValueError`` twice (pressed once more after the first failure).
 
 Then two Background boxes per image (BACKGROUND_BOX mode): the largest rectangles holding no true
 cell, kept a few pixels off the cells. Annotation defaults are left alone (e.g. any automatic
 background margin around accepted cells). Training uses ``TrainConfig()`` untouched (the UI's
-defaults: cellpose family, the device's default time budget) through ``Workspace.train``; the
+defaults: cellpose family, the device's default time budget) through ``Workspace.rounds``; the
 held-out test images are added to the same project with their ground truth and predicted with
 ``PredictConfig()`` as the UI's Predict does; AP is pooled over them.
 
@@ -188,38 +188,35 @@ def background_boxes(dense: np.ndarray, n: int = BACKGROUND_BOXES) -> list[tuple
 
 def annotate_cell(ws: Any, cell: np.ndarray) -> tuple[str, tuple[int, int], float | None, int]:
     """Click, fall back to a box, then an outline; accept. Returns (path, click, IoU, presses)."""
-    from cellsparse_app.session.workspace import BOX, POSITIVE
+    from cellsparse_app.session.sam_bridge import BOX, POSITIVE
 
     click = deepest_point(cell)
-    ws.click(row=click[0], col=click[1], mode=POSITIVE)
+    ws.tools.click(row=click[0], col=click[1], mode=POSITIVE)
     path = "sam"
-    if iou(ws.prompts.preview, cell) < ACCEPT_IOU:
-        ws.clear_prompts()
+    if iou(ws.canvas.prompts.preview, cell) < ACCEPT_IOU:
+        ws.tools.clear_prompts()
         r0, c0, r1, c1 = padded_box(cell)
-        ws.click(row=r0, col=c0, mode=BOX)
-        ws.click(row=r1, col=c1, mode=BOX)
+        ws.tools.click(row=r0, col=c0, mode=BOX)
+        ws.tools.click(row=r1, col=c1, mode=BOX)
         path = "box"
-        if iou(ws.prompts.preview, cell) < ACCEPT_IOU:
-            ws.clear_prompts()
-            if hasattr(ws, "outline"):
-                ws.outline(outline_points(cell))
-            else:  # TESTING ONLY until Workspace.outline exists: the outline's filled polygon
-                ws.prompts.preview = cell.copy()
+        if iou(ws.canvas.prompts.preview, cell) < ACCEPT_IOU:
+            ws.tools.clear_prompts()
+            ws.tools.outline(outline_points(cell))
             path = "outline"
     for presses in (1, 2):  # a refused Accept is pressed once more, then the cell is skipped
         try:
-            ws.accept_foreground()
+            ws.tools.accept_foreground()
         except ValueError:
             continue
         labels = ws.project.labels(ws.current)
         return path, click, iou(labels == labels.max(), cell), presses
-    ws.clear_prompts()
+    ws.tools.clear_prompts()
     return "skipped", click, None, 2
 
 
 def annotate_image(ws: Any, image_id: str, dense: np.ndarray, ids: Sequence[int],
                    row: dict[str, Any], index: int) -> None:
-    from cellsparse_app.session.workspace import BACKGROUND_BOX
+    from cellsparse_app.session.sam_bridge import BACKGROUND_BOX
 
     ws.select_image(image_id)
     for cell_id in ids:
@@ -230,8 +227,8 @@ def annotate_image(ws: Any, image_id: str, dense: np.ndarray, ids: Sequence[int]
         if mask_iou is not None:
             row["mask_ious"].append(mask_iou)
     for r0, c0, r1, c1 in background_boxes(dense):
-        ws.click(row=r0, col=c0, mode=BACKGROUND_BOX)
-        ws.click(row=r1, col=c1, mode=BACKGROUND_BOX)
+        ws.tools.click(row=r0, col=c0, mode=BACKGROUND_BOX)
+        ws.tools.click(row=r1, col=c1, mode=BACKGROUND_BOX)
         row["bg_boxes"] += 1
 
 
@@ -247,16 +244,16 @@ def band_labels(dense: np.ndarray, ids: Sequence[int], width: int = BAND_PX) -> 
 
 # -- one seed -------------------------------------------------------------------------------------
 def train_and_score(ws: Any, cfg: Any, test_ids: Sequence[str], truths: Sequence[np.ndarray]):
-    """Drain ``ws.train(cfg)``, predict ``test_ids`` as the UI's Predict does, pool AP."""
-    from cellsparse_app.session import rounds as hitl
+    """Drain ``ws.rounds.train(cfg)``, predict ``test_ids`` as the UI's Predict does, pool AP."""
     from cellsparse_app.data.metrics import evaluate_many
     from cellsparse_app.predict import PredictConfig
+    from cellsparse_app.session import results, rounds
 
-    run, notices, t0 = ws.train(cfg), [], time.perf_counter()
+    run, notices, t0 = ws.rounds.train(cfg), [], time.perf_counter()
     try:
         while True:
             item = next(run)
-            if isinstance(item, hitl.Notice):
+            if isinstance(item, rounds.Notice):
                 notices.append(item.text)
     except StopIteration as finished:
         record = finished.value
@@ -264,7 +261,7 @@ def train_and_score(ws: Any, cfg: Any, test_ids: Sequence[str], truths: Sequence
     load = round(os.getloadavg()[0], 2)  # training under time budget: fewer steps on a busy box
     if record is None:
         raise RuntimeError("training stopped before its first step")
-    hitl.predict_images(ws.project, list(test_ids), PredictConfig())
+    results.predict_images(ws.project, list(test_ids), PredictConfig())
     preds = [ws.project.prediction(i) for i in test_ids]
     ev = evaluate_many(truths, preds, (0.5, 0.75))
     return {"ap50": ev["ap50"], "ap75": ev["ap75"], "train_s": round(train_s, 1),
@@ -305,7 +302,7 @@ def run_seed(train: Sequence[Any], test: Sequence[Any], settings: UserSettings, 
                     ws.project.editor(image_id).replace(band_labels(s.mask, ids))
                     ws.project.edited(image_id)
             if kind == "user":
-                row["outline_api"] = hasattr(ws, "outline")
+                row["outline_api"] = hasattr(ws.tools, "outline")
                 row["margin_px"] = getattr(ws, "margin", None)  # the app's default, untouched
                 row["annotate_s"] = round(time.perf_counter() - t0, 1)
                 totals = ws.project.totals()

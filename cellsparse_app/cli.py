@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cellsparse_app.errors import CellsparseError
+from cellsparse_app.json_config import config_from_values
+
 logger = logging.getLogger("cellsparse_app.cli")
 
 
@@ -29,16 +32,11 @@ def _train(args: argparse.Namespace) -> int:
     initial = TrainedModel.load(args.init, device=args.device) if args.init else None
     # Continuing a model keeps its family unless --model names one explicitly.
     family = args.model or (initial.family if initial is not None else TrainConfig().family)
-    overrides = {"family": family, "seed": args.seed, "device": args.device}
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if args.max_seconds is not None:
-        overrides["max_seconds"] = args.max_seconds
-    if args.diameter is not None:
-        overrides["diameter"] = args.diameter
+    cfg = config_from_values(TrainConfig, {
+        "family": family, "seed": args.seed, "device": args.device, "steps": args.steps,
+        "max_seconds": args.max_seconds, "diameter": args.diameter})
     if args.no_rescale:
-        overrides["object_diameter"] = None
-    cfg = TrainConfig().replace(**overrides)
+        cfg = cfg.replace(object_diameter=None)  # None on purpose: no object-size normalisation
     image_config = None
     if args.stain != "none" and initial is None:
         stain = args.stain
@@ -74,15 +72,9 @@ def _predict(args: argparse.Namespace) -> int:
     from cellsparse_app.train import TrainedModel
 
     model = TrainedModel.load(args.model, device=args.device)
-    cfg = PredictConfig(device=args.device)
-    if args.prob_threshold is not None:
-        cfg = cfg.replace(prob_threshold=args.prob_threshold)
-    if args.min_size is not None:
-        cfg = cfg.replace(min_size=args.min_size)
-    if args.flow_threshold is not None:
-        cfg = cfg.replace(flow_threshold=args.flow_threshold)
-    if args.diameter is not None:
-        cfg = cfg.replace(diameter=args.diameter)
+    cfg = config_from_values(PredictConfig, {
+        "device": args.device, "prob_threshold": args.prob_threshold, "min_size": args.min_size,
+        "flow_threshold": args.flow_threshold, "diameter": args.diameter})
     out_dir = Path(args.out)
     for path in args.images:
         labels = predict_instances(model, read_image(path), cfg)
@@ -107,16 +99,10 @@ def _annotate(args: argparse.Namespace) -> int:
     from cellsparse_app.data.images import read_image, write_labels
     from cellsparse_app.sam import AutoMaskConfig, RenderConfig, SamAnnotator, SamConfig
 
-    overrides = {"device": args.device}
-    if args.sam_model:
-        overrides["model_type"] = args.sam_model
-    if args.sam_checkpoint:
-        overrides["checkpoint"] = args.sam_checkpoint
-    if args.offline:
-        overrides["download"] = False
-    if args.sam_encoder_side:
-        overrides["encoder_side"] = args.sam_encoder_side
-    cfg = SamConfig.from_env().replace(**overrides)
+    cfg = config_from_values(SamConfig, {
+        "device": args.device, "model_type": args.sam_model or None,
+        "checkpoint": args.sam_checkpoint or None, "download": False if args.offline else None,
+        "encoder_side": args.sam_encoder_side or None}, base=SamConfig.from_env())
     auto = AutoMaskConfig(points_per_side=args.points_per_side,
                           pred_iou_thresh=args.pred_iou_thresh,
                           stability_score_thresh=args.stability_score_thresh,
@@ -231,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (CellsparseError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"cellsparse {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -80,7 +80,7 @@ def test_each_tool_is_tried_in_turn(tmp_path, answers, path):
 def test_refused_accept_is_pressed_again_then_skipped(tmp_path, monkeypatch):
     _, dense = _disks()
     ws, _ = _workspace(tmp_path, StubAnnotator(dense == 3))
-    original, calls = ws.accept_foreground, []
+    original, calls = ws.tools.accept_foreground, []
 
     def refuse_once():
         calls.append(1)
@@ -88,11 +88,14 @@ def test_refused_accept_is_pressed_again_then_skipped(tmp_path, monkeypatch):
             raise ValueError("implausible mask: press Accept again")
         return original()
 
-    monkeypatch.setattr(ws, "accept_foreground", refuse_once)
+    monkeypatch.setattr(ws.tools, "accept_foreground", refuse_once)
     assert user.annotate_cell(ws, dense == 3)[::3] == ("sam", 2)
-    monkeypatch.setattr(ws, "accept_foreground", lambda: (_ for _ in ()).throw(ValueError("no")))
+    def refuse():
+        raise ValueError("no")
+
+    monkeypatch.setattr(ws.tools, "accept_foreground", refuse)
     path, _, iou, presses = user.annotate_cell(ws, dense == 3)
-    assert (path, iou, presses) == ("skipped", None, 2) and ws.prompts.preview is None
+    assert (path, iou, presses) == ("skipped", None, 2) and ws.canvas.prompts.preview is None
 
 
 def test_largest_empty_rectangle_matches_brute_force():

@@ -2,9 +2,10 @@
 
 Images arrive base64-encoded (PNG as samapi clients send, TIFF as qupath-extension-cellsparse
 sends, or JPEG). Their header is read first and oversized images are refused *before* any pixel is
-decoded (decompression bombs). Label images use the cellsparse-api wire format (0 unlabelled,
-1 background, >=2 instances) and are converted to the core convention with
-:func:`cellsparse_app.data.labels.from_wire`.
+decoded (decompression bombs). Label images are decoded by the core's one label decoder,
+:func:`cellsparse_app.data.images.read_labels`; this module adds only the size cap's 413 and the
+cellsparse-api wire format (0 unlabelled, 1 background, >=2 instances), converted to the core
+convention with :func:`cellsparse_app.data.labels.from_wire`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsparse_app.api.errors import PayloadTooLarge
-from cellsparse_app.data.images import read_image
+from cellsparse_app.data.images import TIFF_MAGIC, read_image, read_labels
 from cellsparse_app.data.labels import from_wire, validate_labels
+from cellsparse_app.errors import InvalidType
 
 logger = logging.getLogger(__name__)
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def decode_base64(data: Any, what: str) -> bytes:
@@ -38,7 +38,7 @@ def decode_base64(data: Any, what: str) -> bytes:
         ValueError: empty or not base64, naming ``what``.
     """
     if not isinstance(data, str):
-        raise TypeError(f"{what} must be a base64 string, got {type(data).__name__}")
+        raise InvalidType(f"{what} must be a base64 string, got {type(data).__name__}")
     text = _DATA_URL.sub("", data.strip(), count=1)
     text = "".join(text.split())
     if not text:
@@ -58,7 +58,7 @@ def image_size(raw: bytes, what: str) -> tuple[int, int]:
     Raises:
         ValueError: not a PNG/TIFF/JPEG (or another format Pillow knows), naming ``what``.
     """
-    if raw[:4] in _TIFF_MAGIC:
+    if raw[:4] in TIFF_MAGIC:
         import tifffile
 
         try:
@@ -113,51 +113,28 @@ def decode_image(data: Any, what: str, max_pixels: int) -> np.ndarray:
     return read_image(raw, name=what)
 
 
-def decode_label_image(data: Any, what: str, max_pixels: int) -> np.ndarray:
-    """A base64 single-channel integer image (8/16/32-bit PNG or TIFF, palette indices kept)."""
+def decode_label_image(
+    data: Any, what: str, max_pixels: int, *, min_value: int = 0
+) -> np.ndarray:
+    """A base64 single-channel integer image (8/16/32-bit PNG or TIFF) as ``int32``.
+
+    :func:`cellsparse_app.data.images.read_labels` after the header's size check (413 for an
+    over-``max_pixels`` image); values below ``min_value`` are refused.
+    """
     raw = decode_base64(data, what)
     check_size(raw, what, max_pixels)
-    try:
-        if raw[:4] in _TIFF_MAGIC:
-            import tifffile
-
-            arr = np.squeeze(tifffile.imread(io.BytesIO(raw)))
-        else:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(raw)) as img:
-                # Palette ("P") images keep their indices: they are the label values.
-                arr = np.asarray(img)
-    except Exception as exc:  # decoder libraries raise many types on corrupt input
-        raise ValueError(
-            f"{what}: cannot decode label image ({type(exc).__name__}: {exc})"
-        ) from None
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and np.all(arr[..., :3] == arr[..., :1]):
-        arr = arr[..., 0]  # gray saved as RGB(A)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{what}: labels must be a single-channel image, got shape {arr.shape}"
-        )
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{what}: labels must be an integer image, got dtype {arr.dtype}")
-    return arr
+    return read_labels(raw, name=what, max_pixels=max_pixels, min_value=min_value)
 
 
 def decode_wire_labels(
     data: Any, image_shape: Sequence[int], what: str, max_pixels: int
 ) -> np.ndarray:
     """cellsparse-api wire labels (0 unlabelled, 1 background, >=2 cells) -> -1/0/1..N int32."""
-    wire = decode_label_image(data, what, max_pixels)
+    wire = decode_label_image(data, what, max_pixels, min_value=0)
     if tuple(wire.shape) != tuple(image_shape[:2]):
         raise ValueError(
             f"{what}: labels of shape {wire.shape} do not match the image of shape "
             f"{tuple(image_shape[:2])}"
-        )
-    if wire.size and int(wire.min()) < 0:
-        raise ValueError(
-            f"{what}: wire labels must be >= 0 (0 unlabelled, 1 background, >=2 cells)"
         )
     return from_wire(wire)
 
@@ -166,7 +143,7 @@ def decode_sparse_labels(
     data: Any, image_shape: Sequence[int], what: str, max_pixels: int
 ) -> np.ndarray:
     """Labels already in the core convention (-1/0/1..N; signed TIFF) for the /api/v1 routes."""
-    labels = decode_label_image(data, what, max_pixels)
+    labels = decode_label_image(data, what, max_pixels, min_value=-1)
     return validate_labels(labels, shape=tuple(image_shape))
 
 

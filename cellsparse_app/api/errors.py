@@ -1,8 +1,9 @@
 """Turn core exceptions into HTTP errors with clear messages (the API's one error helper).
 
-Core functions raise ``ValueError``/``TypeError`` for bad input, ``FileNotFoundError`` for a
-missing model, ``KeyError`` for an unknown job; the API maps them to 4xx so a client sees what to
-fix, never a stack trace. Anything else is a 500 with a generic message (details go to the log).
+The core raises the classes of :mod:`cellsparse_app.errors` (and plain ``ValueError`` /
+``FileNotFoundError`` for bad input and missing files); :func:`status_for` maps them to 4xx/503 so
+a client sees what to fix, never a stack trace. Anything else, a bare ``KeyError`` or
+``TypeError`` included, is a bug: a 500 with a generic message (the traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cellsparse_app.jobs.runner import QueueFullError, ShuttingDownError
+from cellsparse_app.errors import CellsparseError, InvalidInput, NotFound, QueueFull, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -36,41 +37,43 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 MAX_ECHO_CHARS = 200
 
 
-class PayloadTooLarge(ValueError):
+class PayloadTooLarge(InvalidInput):
     """An image or body over the configured size caps (413)."""
 
 
-class NotAvailable(RuntimeError):
+class NotAvailable(CellsparseError, RuntimeError):
     """A feature that exists in the wire format but not on this server (501)."""
 
 
+#: (exception class, status), first match wins: subclasses before their bases. ``ValueError``
+#: and ``FileNotFoundError`` stay client errors (the core and its libraries raise them for bad
+#: input and missing files); bare ``KeyError``/``TypeError`` are deliberately absent (bugs: 500).
+STATUS_BY_TYPE: tuple[tuple[type[BaseException], int], ...] = (
+    (PayloadTooLarge, 413),
+    (NotAvailable, 501),
+    (QueueFull, 429),
+    (Unavailable, 503),
+    (NotFound, 404),
+    (FileNotFoundError, 404),
+    (ValueError, 400),  # InvalidInput and InvalidType included
+    (PermissionError, 403),
+)
+
+
 def status_for(exc: BaseException) -> int:
-    """The HTTP status a core exception maps to."""
+    """The HTTP status a core exception maps to (500 for anything unexpected)."""
     if isinstance(exc, HTTPException):
         return exc.status_code
-    if isinstance(exc, PayloadTooLarge):
-        return 413
-    if isinstance(exc, NotAvailable):
-        return 501
-    if isinstance(exc, QueueFullError):
-        return 429
-    if isinstance(exc, ShuttingDownError):
-        return 503
-    if isinstance(exc, (FileNotFoundError, KeyError)):
-        return 404
-    if isinstance(exc, (ValueError, TypeError)):
-        return 400
-    if isinstance(exc, PermissionError):
-        return 403
+    for exc_type, status in STATUS_BY_TYPE:
+        if isinstance(exc, exc_type):
+            return status
     return 500
 
 
 def message_for(exc: BaseException) -> str:
-    """A one-line message for the client (KeyError's quotes removed)."""
+    """A one-line message for the client."""
     if isinstance(exc, HTTPException):
         return str(exc.detail)
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
     return str(exc) or type(exc).__name__
 
 
@@ -106,16 +109,7 @@ def install_handlers(app: FastAPI) -> None:
                             status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid)
-    for exc_type in (
-        ShuttingDownError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        KeyError,
-        QueueFullError,
-        NotAvailable,
-        PermissionError,
-    ):
+    for exc_type in (CellsparseError, *(t for t, _ in STATUS_BY_TYPE)):
         app.add_exception_handler(exc_type, handle)
 
 

@@ -14,7 +14,6 @@ whether the budget cut it and why) and in the log; ``GET /<family>/progress/`` a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
 from cellsparse_app.api.settings import BYTES_PER_BATCH_PIXEL
 from cellsparse_app.api.state import AppState, get_state, require_family
+from cellsparse_app.json_config import config_from_values
 from cellsparse_app.storage.model_store import validate_name
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def train_config(family: str, st: AppState, **values: Any) -> Any:
     """
     from cellsparse_app.train import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in values.items() if v is not None and k in names}
+    values = {k: v for k, v in values.items() if v is not None}
     values["family"] = family
     cap = st.settings.max_train_seconds
     if "steps" in values:
@@ -140,7 +139,7 @@ def train_config(family: str, st: AppState, **values: Any) -> Any:
         values["max_seconds"] = min(float(values["max_seconds"]), cap)
     elif "steps" in values:
         values["max_seconds"] = cap
-    cfg = TrainConfig().replace(**values)
+    cfg = config_from_values(TrainConfig, values)
     pixels = int(cfg.batch_size) * int(cfg.patch_size) ** 2
     limit = st.settings.batch_pixel_limit()
     if pixels > limit:
@@ -188,7 +187,7 @@ def run_training(st: AppState, images: list, labels: list, cfg: Any, name: str,
             f"is back, or resume the job: POST /api/v1/jobs/{job_id}/resume",
             headers={"Retry-After": "30", **training_headers(snap.to_dict())})
     if snap.state == "failed":
-        if snap.error_type in ("ValueError", "TypeError"):
+        if snap.error_type in ("ValueError", "TypeError", "InvalidInput", "InvalidType"):
             raise ValueError(f"training failed: {snap.error}")
         raise RuntimeError(f"training job {job_id} failed: {snap.error}")
     if snap.state == "cancelled":
@@ -221,10 +220,7 @@ def predict_labels(st: AppState, family: str, name: str, image: Any, **predict: 
     model = st.load_model(family, name)  # first: a missing model is a clear 404
     from cellsparse_app.predict import PredictConfig, predict_instances
 
-    names = {f.name for f in dataclasses.fields(PredictConfig)}
-    values = {k: v for k, v in predict.items() if k in names and v is not None}
-    cfg = PredictConfig().replace(**values)
-    return predict_instances(model, image, cfg)
+    return predict_instances(model, image, config_from_values(PredictConfig, predict))
 
 
 def _handle(family: str, body: CellsparseBody, st: AppState,

@@ -52,6 +52,10 @@ class TrainJobBody(BaseModel):
     learning_rate: Optional[float] = Field(None, gt=0, le=1)
     seed: Optional[int] = None
     channels: Optional[list[int]] = Field(None, description="image channels to use (0-based)")
+    diameter: Optional[float] = Field(
+        None, gt=0, description="cells' diameter (px) in these images (None: measured from the "
+        "annotated cells); images are resized so cells have the model's canonical diameter")
+    rescale: bool = Field(True, description="false: train at the images' own scale")
 
 
 class PredictBody(BaseModel):
@@ -127,8 +131,10 @@ def submit_job(body: TrainJobBody, st: AppState = Depends(get_state)) -> dict[st
         cfg = train_config(
             body.family, st, steps=body.steps, max_seconds=body.max_seconds,
             batch_size=body.batch_size, patch_size=body.patch_size,
-            learning_rate=body.learning_rate, seed=body.seed,
+            learning_rate=body.learning_rate, seed=body.seed, diameter=body.diameter,
         )
+        if not body.rescale:
+            cfg = cfg.replace(object_diameter=None)
         image_config = None
         if body.channels:
             from cellsparse_app.data.images import ImageConfig

@@ -16,9 +16,7 @@ extension's weights menu says they cannot run here, and answer 503 with the reas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import re
 import threading
 from typing import Any, Iterator, Sequence
@@ -26,7 +24,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from cellsparse_app.api.settings import ServerSettings
-from cellsparse_app.sam.checkpoints import CACHE_ENV
+from cellsparse_app.errors import Unavailable
+from cellsparse_app.json_config import config_from_values
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ class SamService:
         self.policy = policy or DownloadPolicy()
         # Weights (and ONNX exports) live in the data dir unless $CELLSPARSE_CACHE_DIR says
         # otherwise (then the UI and the CLI share that cache).
-        cache = os.environ.get(CACHE_ENV) or settings.data_dir / "weights"
-        self.weights = WeightsManager(cache, policy=self.policy)
+        self.weights = WeightsManager(settings.weights_dir, policy=self.policy)
         base = SamConfig.from_env()
         if settings.sam_encoder:
             base = base.replace(encoder_engine=settings.sam_encoder)
@@ -91,15 +89,13 @@ class SamService:
         """``model_type`` if it is a backend of the engine.
 
         Raises:
-            HTTPException: 503 for samapi's SAM2/SAM3 types (this server cannot run them).
-            ValueError: any other unknown type (the message lists the available ones).
+            Unavailable: (503) samapi's SAM2/SAM3 types (this server cannot run them).
+            InvalidInput: any other unknown type (the message lists the available ones).
         """
         from cellsparse_app.sam import get_backend
 
         if model_type in SAMAPI_ONLY_TYPES:
-            from fastapi import HTTPException
-
-            raise HTTPException(503, unavailable_type_message(model_type))
+            raise Unavailable(unavailable_type_message(model_type))
         get_backend(model_type)
         return model_type
 
@@ -111,15 +107,13 @@ class SamService:
         try:
             yield
         except (WeightsUnavailableError, BackendUnavailableError) as exc:
-            from fastapi import HTTPException
-
             message = (
                 f"SAM model {model_type!r} cannot run on this server: {exc} Register weights "
                 "(POST /sam/weights/), ask for type 'fallback' (classical segmenter, not SAM), "
                 "or start the server with CELLSPARSE_ALLOW_SAM_FALLBACK=1."
             )
             logger.warning(message)
-            raise HTTPException(503, message) from None
+            raise Unavailable(message) from None
 
     def check_url(self, url: str) -> str:
         """``url`` if the download policy accepts it (ValueError naming the rule otherwise)."""
@@ -199,8 +193,8 @@ class SamService:
         from cellsparse_app.sam import AutoMaskConfig
         from cellsparse_app.sam.automask import output_type_config
 
-        names = {f.name for f in dataclasses.fields(AutoMaskConfig)}
-        cfg = AutoMaskConfig(**{k: v for k, v in params.items() if k in names and v is not None})
+        # samapi's bodies carry fields of its own (output_type ...): drop what is not ours.
+        cfg = config_from_values(AutoMaskConfig, params, ignore_unknown=True)
         if params.get("output_type") is not None:
             cfg = output_type_config(str(params["output_type"]), cfg)
         annotator = self.annotator(model_type, checkpoint_url)
@@ -237,7 +231,8 @@ class SamService:
 
         Raises:
             ValueError: a refused URL, unknown type or type without weights (-> 400).
-            HTTPException: 503 for SAM2/SAM3 types, 502 when the download fails.
+            Unavailable: (503) SAM2/SAM3 types.
+            HTTPException: 502 when the download fails.
         """
         from cellsparse_app.sam import DownloadCancelled, DownloadError, get_backend
 

@@ -9,7 +9,6 @@ uvicorn, bound to 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import logging
 import os
@@ -27,6 +26,7 @@ from cellsparse_app.api.errors import install_handlers
 from cellsparse_app.api.security import BodySizeLimit, TokenAuth
 from cellsparse_app.api.settings import ServerSettings
 from cellsparse_app.api.state import AppState
+from cellsparse_app.json_config import config_from_values
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ def _ui_context(state: AppState) -> tuple[Any, ...]:
         from cellsparse_app.ui.context import AppContext, AppSettings
     except ImportError:
         return ()
-    fields = {f.name for f in dataclasses.fields(AppSettings)}
-    if "session_root" not in fields:
-        return ()
-    return (AppContext(AppSettings(session_root=state.settings.data_dir / "sessions")),)
+    # A UI without ``session_root`` gets its defaults, as without a context.
+    ui_settings = config_from_values(
+        AppSettings, {"session_root": state.settings.data_dir / "sessions"}, ignore_unknown=True)
+    return (AppContext(ui_settings),)
 
 
 def serve(
@@ -156,23 +156,33 @@ def serve(
             "serving on %s without an API token: anyone who can reach this port can train "
             "models and use the CPU/GPU; set CELLSPARSE_API_TOKEN", settings.host
         )
-    # Keep everything this process writes inside the data dir, temporary files included (set
-    # before gradio and torch pick their folders).
-    tmp = settings.data_dir / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    os.environ["TMPDIR"] = str(tmp)
-    tempfile.tempdir = None  # recomputed from TMPDIR on next use
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp / "torchinductor"))
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
-    os.environ.setdefault("CELLSPARSE_CACHE_DIR", str(settings.data_dir / "weights"))
-    # Libraries' own caches (ONNX Runtime, torch kernels, matplotlib ...) follow XDG, not ~/.cache.
-    os.environ.setdefault("XDG_CACHE_HOME", str(tmp / "cache"))
+    point_process_files_at(settings)
     app = create_app(settings)
     logger.info("cellsparse app %s on http://%s:%d (data: %s)", cellsparse_app.__version__,
                 settings.host, settings.port, settings.data_dir)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     _stopping_server(config, app.state.cellsparse).run()
+
+
+def point_process_files_at(settings: ServerSettings) -> None:
+    """Keep everything this process writes inside the data dir, temporary files included.
+
+    The only place the server sets environment variables: libraries we do not control (the
+    ``tempfile`` module, gradio, torch inductor, ONNX Runtime and matplotlib through XDG) pick
+    their folders from them, so they must be set before those are imported. Our own code gets
+    its folders from :class:`ServerSettings`, except the mounted web app's SAM annotator, which
+    builds its config from the environment (:meth:`cellsparse_app.sam.SamConfig.from_env`):
+    ``CELLSPARSE_CACHE_DIR`` makes it share the API's weights cache.
+    """
+    tmp = settings.data_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp / "torchinductor"))
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
+    os.environ.setdefault("CELLSPARSE_CACHE_DIR", str(settings.weights_dir))
+    os.environ.setdefault("XDG_CACHE_HOME", str(tmp / "cache"))
 
 
 def _stopping_server(config: Any, state: AppState) -> Any:

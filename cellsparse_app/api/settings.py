@@ -6,38 +6,19 @@ import dataclasses
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
-#: Environment variables read by :meth:`ServerSettings.from_env`.
-ENV_HOME = "CELLSPARSE_HOME"
-ENV_TOKEN = "CELLSPARSE_API_TOKEN"
-ENV_MAX_BODY = "CELLSPARSE_MAX_BODY_MB"
-ENV_MAX_PIXELS = "CELLSPARSE_MAX_IMAGE_PIXELS"
-ENV_MAX_TRAIN_SECONDS = "CELLSPARSE_MAX_TRAIN_SECONDS"
-#: Test/offline-demo switch: SAM networks with random weights (masks are meaningless).
-ENV_SAM_RANDOM_INIT = "CELLSPARSE_SAM_RANDOM_INIT"
-#: Let the classical fallback answer SAM requests whose weights are missing (and say so).
-ENV_ALLOW_SAM_FALLBACK = "CELLSPARSE_ALLOW_SAM_FALLBACK"
-ENV_MAX_BATCH_PIXELS = "CELLSPARSE_MAX_BATCH_PIXELS"
+from cellsparse_app.errors import InvalidInput
+from cellsparse_app.settings import from_environment
+
 #: Estimated training memory per pixel of a batch (activations, gradients, optimizer; fp32
 #: U-Net of 32 base channels, measured order of magnitude), to bound what a request may ask.
 BYTES_PER_BATCH_PIXEL = 2048
 
-#: Environment variable -> (settings field, conversion of its text).
-_ENV_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    ENV_TOKEN: ("token", str),
-    ENV_MAX_BODY: ("max_body_bytes", lambda megabytes: int(float(megabytes) * 2**20)),
-    ENV_MAX_PIXELS: ("max_image_pixels", int),
-    ENV_MAX_TRAIN_SECONDS: ("max_train_seconds", float),
-    ENV_MAX_BATCH_PIXELS: ("max_batch_pixels", int),
-}
-
-_TRUE = ("1", "true", "yes", "on")
-
 
 def default_home() -> Path:
     """``$CELLSPARSE_HOME`` or ``~/.cellsparse``: where the server keeps models and weights."""
-    return Path(os.environ.get(ENV_HOME) or Path.home() / ".cellsparse")
+    return from_environment().home
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +53,8 @@ class ServerSettings:
             loopback, which stops DNS-rebinding attacks from web pages; anything otherwise).
         sam_encoder: SAM image-encoder engine (``torch``, ``onnx``, ``auto``); None: the SAM
             engine's choice (``CELLSPARSE_SAM_ENCODER`` or ``auto``).
+        cache_dir: SAM weights (and ONNX exports) cache shared with the CLI and other servers
+            (``CELLSPARSE_CACHE_DIR``); None: ``<data_dir>/weights``.
     """
 
     data_dir: Path = dataclasses.field(default_factory=default_home)
@@ -91,35 +74,38 @@ class ServerSettings:
     sam_random_init: bool = False
     sam_encoder: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         if self.token is not None and len(self.token) < 8:
-            raise ValueError("the API token must have at least 8 characters")
+            raise InvalidInput("the API token must have at least 8 characters")
         for name in ("max_body_bytes", "max_image_pixels", "max_pending_jobs", "sam_concurrency"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+            raise InvalidInput(f"port must be in 0..65535, got {self.port}")
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "ServerSettings":
-        """Settings from ``CELLSPARSE_*`` environment variables; ``overrides`` (not None) win."""
-        values: dict[str, Any] = {}
-        for env, (field, convert) in _ENV_FIELDS.items():
-            text = os.environ.get(env)
-            if not text:
-                continue
-            try:
-                values[field] = convert(text)
-            except ValueError:
-                raise ValueError(f"${env} must be a number, got {text!r}") from None
-        if os.environ.get(ENV_SAM_RANDOM_INIT, "").lower() in _TRUE:
-            values["sam_random_init"] = True
-        if os.environ.get(ENV_ALLOW_SAM_FALLBACK, "").lower() in _TRUE:
-            values["allow_sam_fallback"] = True
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_env(cls, *, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> "ServerSettings":
+        """Settings from the ``CELLSPARSE_*`` environment (:mod:`cellsparse_app.settings`;
+        ``environ``: a mapping instead of ``os.environ``); ``overrides`` (not None) win."""
+        env = from_environment(environ)
+        values: dict[str, Any] = {
+            "data_dir": env.home,
+            "token": env.api_token,
+            "max_body_bytes": (None if env.max_body_mb is None
+                               else int(env.max_body_mb * 2**20)),
+            "max_image_pixels": env.max_image_pixels,
+            "max_train_seconds": env.max_train_seconds,
+            "max_batch_pixels": env.max_batch_pixels,
+            "sam_random_init": env.sam_random_init or None,
+            "allow_sam_fallback": env.allow_sam_fallback or None,
+            "cache_dir": env.cache_dir,
+        }
+        values.update(overrides)
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
     @property
     def is_loopback(self) -> bool:
@@ -138,6 +124,11 @@ class ServerSettings:
         if self.is_loopback:
             return ["127.0.0.1", "localhost", "::1", "[::1]", "testserver"]
         return None
+
+    @property
+    def weights_dir(self) -> Path:
+        """Where SAM weights are cached: :attr:`cache_dir` or ``<data_dir>/weights``."""
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "weights"
 
     def batch_pixel_limit(self) -> int:
         """:attr:`max_batch_pixels`, or what half of this machine's memory allows."""

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cellsparse_app.data.labels import instance_ids, to_instances, validate_labels
+from cellsparse_app.data.labels import to_instances, validate_labels
 from cellsparse_app.storage.model_zip import unzip_model, zip_model
 from cellsparse_app.data.polygons import mask_to_polygons
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "labels_to_polygons", "labels_to_geojson_features", "masks_to_features", "write_label_tiff",
     "write_geojson", "write_imagej_rois", "coco_annotations", "write_coco", "rle_encode",
-    "rle_decode", "measure_objects", "measure_objects_rows", "object_count", "zip_model",
+    "rle_decode", "measure_objects", "measure_objects_rows", "zip_model",
     "unzip_model",
 ]
 
@@ -336,11 +336,6 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def object_count(labels: np.ndarray) -> int:
-    """Number of instances in a label image."""
-    return int(len(instance_ids(validate_labels(labels))))
 
 
 def _feature(ring: np.ndarray, properties: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from typing import Sequence
 
 import numpy as np
 
+from cellsparse_app.errors import InvalidType
+
 logger = logging.getLogger(__name__)
 
 #: Largest image accepted (pixels per channel): bigger is almost surely a mistake or a bomb.
 MAX_PIXELS: int = 12_000 * 12_000
 #: Most channels accepted for a 2-D image.
 MAX_CHANNELS: int = 16
-TIFF_SUFFIXES = (".tif", ".tiff")
 #: First bytes of classic and BigTIFF files, either byte order.
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -46,16 +47,7 @@ def read_image(source: str | Path | bytes, *, name: str | None = None) -> np.nda
         ValueError: missing, empty, corrupt, unsupported or absurdly large images, naming the
             problem.
     """
-    label = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "image")
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"{label}: no such file")
-        data = path.read_bytes()
-    if not data:
-        raise ValueError(f"{label}: the file is empty")
+    label, data = _load(source, name, "image")
     try:
         if data[:4] in TIFF_MAGIC:
             image = _read_tiff(data)
@@ -68,16 +60,35 @@ def read_image(source: str | Path | bytes, *, name: str | None = None) -> np.nda
     return validate_image(image, name=label)
 
 
-def _read_tiff(data: bytes) -> np.ndarray:
+def _load(source: str | Path | bytes, name: str | None, default: str) -> tuple[str, bytes]:
+    """``(name for messages, the file's bytes)``; a missing or empty file is a ValueError."""
+    if isinstance(source, (bytes, bytearray)):
+        label, data = name or default, bytes(source)
+    else:
+        label, path = name or str(source), Path(source)
+        if not path.is_file():
+            raise ValueError(f"{label}: no such file")
+        data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{label}: the file is empty")
+    return label, data
+
+
+def _read_tiff(
+    data: bytes, max_pixels: int = MAX_PIXELS, *, one_series: bool = False
+) -> np.ndarray:
+    """Decode a TIFF's first series; ``one_series``: refuse files holding several (labels)."""
     import tifffile
 
     with tifffile.TiffFile(_io.BytesIO(data)) as tif:
         if not tif.series:
             raise ValueError("TIFF holds no image")
+        if one_series and len(tif.series) > 1:
+            raise ValueError(f"TIFF holds {len(tif.series)} images; a label file holds one plane")
         series = tif.series[0]
         n = int(np.prod(series.shape))
-        if n > MAX_PIXELS * MAX_CHANNELS:
-            raise ValueError(f"TIFF of shape {series.shape} is too large (max {MAX_PIXELS} pixels)")
+        if n > max_pixels * MAX_CHANNELS:
+            raise ValueError(f"TIFF of shape {series.shape} is too large (max {max_pixels} pixels)")
         image = series.asarray()
         axes = series.axes if len(series.axes) == image.ndim else ""
     keep = [i for i, size in enumerate(image.shape) if size != 1]
@@ -103,7 +114,10 @@ def _read_tiff(data: bytes) -> np.ndarray:
     return image
 
 
-def _read_pillow(data: bytes) -> np.ndarray:
+def _read_pillow(
+    data: bytes, max_pixels: int = MAX_PIXELS, *, indices: bool = False
+) -> np.ndarray:
+    """Decode with Pillow; ``indices``: keep palette indices and 1-bit values (label images)."""
     from PIL import Image
 
     try:
@@ -111,9 +125,11 @@ def _read_pillow(data: bytes) -> np.ndarray:
     except Image.DecompressionBombError as exc:  # Pillow's own limit, above ours
         raise ValueError(f"image is too large ({exc})") from exc
     with opened as img:
-        if img.width * img.height > MAX_PIXELS:
+        if img.width * img.height > max_pixels:
             raise ValueError(f"image of {img.width}x{img.height} pixels is too large")
-        if img.mode == "1":
+        if indices:
+            pass  # palette indices and 0/1 bits are the label values: no conversion
+        elif img.mode == "1":
             img = img.convert("L")
         elif img.mode in ("P", "PA"):
             img = img.convert("RGBA")
@@ -137,7 +153,7 @@ def validate_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     if image.dtype == bool:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise TypeError(f"{name}: unsupported dtype {image.dtype}")
+        raise InvalidType(f"{name}: unsupported dtype {image.dtype}")
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3):
@@ -230,25 +246,84 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     return path
 
 
-def read_labels(path: str | Path) -> np.ndarray:
-    """Read an integer label TIFF/PNG in the -1/0/1..N convention as ``int32``."""
-    from cellsparse_app.data.labels import validate_labels
+def read_labels(
+    source: str | Path | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_value: int = -1,
+) -> np.ndarray:
+    """Decode a label image (PNG or TIFF, a path or the file's bytes) to ``int32``.
 
-    image = read_image(path)
-    if image.ndim != 2:
-        raise ValueError(f"{path}: label image must be single-channel, got shape {image.shape}")
-    if np.issubdtype(image.dtype, np.floating):
-        # Some tools save label images as float; accept them when every value is an integer.
-        if not np.array_equal(image, np.round(image)):
-            raise ValueError(f"{path}: label image has non-integer values (dtype {image.dtype})")
-        image = image.astype(np.int64)
-    if not np.issubdtype(image.dtype, np.integer):
-        raise ValueError(f"{path}: label image must have an integer dtype, got {image.dtype}")
+    The one label decoder: files (CLI, UI) and the REST API (whose codec converts the wire format
+    0/1/>=2 afterwards) go through it. Values are returned as stored. Checks:
+
+    * one 2-D plane: a multi-page TIFF, z-stack or colour image is refused; a grey picture saved
+      as RGB(A) (all channels equal) is read as its one channel; palette PNGs keep their indices
+      (the label values) and alpha is dropped;
+    * an integer dtype (8/16/32-bit, signed or not): float images are refused, since ids saved as
+      floats may have been interpolated or rounded;
+    * values ``>= min_value`` (-1 unlabelled, by default) that fit ``int32`` (a uint32
+      ``2**32 - 1`` must not wrap around to -1);
+    * at most ``max_pixels`` pixels, checked before the pixels are decoded.
+
+    Args:
+        source: file path or bytes.
+        name: what to call the file in messages (default: the path, or "label image").
+        max_pixels: size cap.
+        min_value: smallest value allowed.
+
+    Raises:
+        ValueError: each failed check, naming ``name`` and the offending value
+            (:class:`~cellsparse_app.errors.InvalidType` for a float image).
+    """
+    label, data = _load(source, name, "label image")
     try:
-        # Check on int64 so that ids beyond int32 are reported, not wrapped around.
-        return validate_labels(image.astype(np.int64))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        if data[:4] in TIFF_MAGIC:
+            image = _read_tiff(data, max_pixels, one_series=True)
+        else:
+            image = _read_pillow(data, max_pixels, indices=True)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from exc
+    except Exception as exc:  # decoder libraries raise many types on corrupt input
+        raise ValueError(
+            f"{label}: cannot decode label image ({type(exc).__name__}: {exc})"
+        ) from exc
+    return _check_label_values(_one_plane(image, label, max_pixels), label, min_value)
+
+
+def _one_plane(image: np.ndarray, label: str, max_pixels: int) -> np.ndarray:
+    """The single 2-D plane of a decoded label image (grey RGB(A) collapsed), size checked."""
+    image = np.squeeze(image) if image.ndim > 2 else image
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and np.all(image[..., :3] == image[..., :1]):
+        image = image[..., 0]  # grey saved as RGB(A): the ids are in every channel
+    if image.ndim != 2:
+        raise ValueError(
+            f"{label}: label image must be single-channel (one 2-D plane), got shape {image.shape}"
+        )
+    if image.size == 0:
+        raise ValueError(f"{label}: label image is empty (shape {image.shape})")
+    if image.size > max_pixels:
+        raise ValueError(f"{label}: {image.shape[0]}x{image.shape[1]} pixels is too large "
+                         f"(max {max_pixels})")
+    return image
+
+
+def _check_label_values(image: np.ndarray, label: str, min_value: int) -> np.ndarray:
+    """``int32`` copy of an integer label plane whose values are in ``min_value..int32 max``."""
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if not np.issubdtype(image.dtype, np.integer):
+        raise InvalidType(
+            f"{label}: label image must have an integer dtype (8/16/32-bit), got {image.dtype}"
+        )
+    lo, hi = int(image.min()), int(image.max())
+    if lo < min_value:
+        hint = " (-1 unlabelled, 0 background, 1..N cells)" if min_value == -1 else ""
+        raise ValueError(f"{label}: contains {lo}; label values must be >= {min_value}{hint}")
+    if hi > np.iinfo(np.int32).max:
+        raise ValueError(f"{label}: label id {hi} does not fit int32")
+    return image.astype(np.int32)
 
 
 import dataclasses  # noqa: E402  (kept next to the config it serves)

@@ -61,12 +61,6 @@ def polygon_to_mask(ring: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def ring_area(ring: np.ndarray) -> float:
-    """Unsigned area of a closed ``(x, y)`` ring (shoelace)."""
-    x, y = np.asarray(ring, dtype=float).T
-    return float(abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2)
-
-
 def _trace(part: np.ndarray) -> np.ndarray:
     """Exact pixel-edge outline of one filled 8-connected part, ``(x, y)`` relative to ``part``."""
     from skimage.measure import find_contours

@@ -1,8 +1,9 @@
 """What a background training job is: its states, its record, the snapshot others may read.
 
-:class:`JobRecord` is the mutable state that :class:`cellsparse_app.jobs.runner.JobRunner` updates under
-its lock; :class:`JobSnapshot` is the frozen copy handed to other threads and serialised by the
-API. :func:`check_training_data` rejects data that cannot train before a job is queued.
+:class:`JobRecord` is the mutable state that :class:`cellsparse_app.jobs.runner.JobRunner`
+updates under its lock; :class:`JobSnapshot` is the frozen copy handed to other threads and
+serialised by the API. :func:`check_training_data` rejects data that cannot train before a job is
+queued, by the rules of :mod:`cellsparse_app.train.inputs`.
 """
 
 from __future__ import annotations
@@ -164,38 +165,18 @@ def check_training_data(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Fail fast on training data that cannot work, before a job is queued.
 
-    Raises:
-        ValueError: no images, count or shape mismatch, nothing labelled, no foreground object.
-        TypeError: labels that are not integer images.
+    The rules and messages are :func:`cellsparse_app.train.inputs.check_data`'s (training
+    applies the same ones).
     """
-    from cellsparse_app.data.images import validate_image
-    from cellsparse_app.data.labels import validate_labels
+    # Imported here: the train package loads torch, which only submitting a job needs.
+    from cellsparse_app.train.inputs import check_data
 
-    images, labels = list(images), list(labels)
-    if not images:
-        raise ValueError("no training images given")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} image(s) but {len(labels)} label image(s)")
-    images = [validate_image(im, name=f"image {i}") for i, im in enumerate(images)]
-    labels = [validate_labels(lb, shape=im.shape) for im, lb in zip(images, labels)]
-    if not any(int((lb >= 0).sum()) for lb in labels):
-        raise ValueError("the labels annotate nothing: every pixel is unlabelled")
-    if not any(int((lb > 0).sum()) for lb in labels):
-        raise ValueError(
-            "the labels contain no foreground object: annotate at least one cell"
-        )
-    return images, labels
-
-
-#: Warning for training data without any background pixel.
-NO_BACKGROUND_WARNING = (
-    "the labels mark no background (wire format: label 1; sparse format: 0): the model only "
-    "sees cells and will likely predict cells everywhere; annotate some background around them"
-)
+    return check_data(images, labels)
 
 
 def training_warnings(labels: Sequence[np.ndarray]) -> list[str]:
-    """Likely mistakes in training labels that still allow training (e.g. no background)."""
-    if not any(int(np.count_nonzero(np.asarray(lb) == 0)) for lb in labels):
-        return [NO_BACKGROUND_WARNING]
-    return []
+    """Likely mistakes in training labels that still allow training (e.g. no background); see
+    :func:`cellsparse_app.train.inputs.input_warnings`."""
+    from cellsparse_app.train.inputs import input_warnings
+
+    return input_warnings(labels)

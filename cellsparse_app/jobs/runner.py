@@ -22,14 +22,13 @@ REST job and a web-app training never run at the same time and a queued job's
 ``queue_position`` counts both (trainings waiting ahead of it; 0: next).
 :meth:`JobRunner.shutdown` stops the running job (its model so far is saved, it ends
 ``interrupted``), keeps queued jobs on disk and wakes everyone waiting. Job states, records and
-snapshots live in :mod:`cellsparse_app.jobs.records` (re-exported here).
+snapshots live in :mod:`cellsparse_app.jobs.records` (re-exported here), the remembered jobs in
+:mod:`cellsparse_app.jobs.book`, the worker threads in :mod:`cellsparse_app.jobs.workers`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -38,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from cellsparse_app.errors import InvalidInput, MissingFile, QueueFull, Unavailable
+from cellsparse_app.jobs.book import JobBook
 from cellsparse_app.jobs.records import (
     CANCELLED,
     DONE,
@@ -51,8 +52,8 @@ from cellsparse_app.jobs.records import (
     check_training_data,
     training_warnings,
 )
-from cellsparse_app.jobs.training import run_training
 from cellsparse_app.jobs.slot import TrainingSlot
+from cellsparse_app.jobs.workers import TrainingWorkers
 
 if TYPE_CHECKING:
     from cellsparse_app.models.trained import TrainedModel
@@ -67,16 +68,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(QueueFull):
     """Raised by :meth:`JobRunner.submit` when too many jobs are waiting."""
 
 
-class ShuttingDownError(RuntimeError):
+class ShuttingDownError(Unavailable):
     """Raised by :meth:`JobRunner.submit` after :meth:`JobRunner.shutdown` began."""
 
 
 class JobRunner:
     """Runs training jobs one at a time (by default) in a daemon worker thread.
+
+    The records live in a :class:`~cellsparse_app.jobs.book.JobBook`, the threads in
+    :class:`~cellsparse_app.jobs.workers.TrainingWorkers`; this class is what callers use.
 
     Args:
         store: where finished models are saved by name (None: keep results in memory only).
@@ -105,27 +109,18 @@ class JobRunner:
         slot: TrainingSlot | None = None,
     ) -> None:
         if max_pending < 1 or workers < 1:
-            raise ValueError(f"max_pending and workers must be >= 1, got {max_pending}, {workers}")
+            raise InvalidInput(
+                f"max_pending and workers must be >= 1, got {max_pending}, {workers}")
         self.store = store
         self.max_pending = max_pending
-        self.history_points = history_points
-        self.keep_finished = keep_finished
-        self._train_fn = train_fn
         self.slot = slot if slot is not None else TrainingSlot(capacity=workers)
-        self._queue: queue.Queue[JobRecord | None] = queue.Queue()
-        self._jobs: dict[str, JobRecord] = {}
-        self._order = itertools.count()
-        self._lock = threading.RLock()
-        self._n_workers = workers
-        self._threads: list[threading.Thread] = []
-        self._closed = False
+        self._book = JobBook(history_points=history_points, keep_finished=keep_finished,
+                             journal_dir=journal_dir)
+        self._lock = self._book.lock
         self._closing = threading.Event()
-        self._journal = None
-        if journal_dir is not None:
-            from cellsparse_app.jobs.journal import JobJournal
-
-            self._journal = JobJournal(journal_dir)
-            self._restore()
+        self._workers = TrainingWorkers(self._book, store=store, train_fn=train_fn,
+                                        workers=workers, closing=self._closing)
+        self._requeue(self._book.restore())
 
     # -- public API -------------------------------------------------------------------------
     def submit(
@@ -183,28 +178,19 @@ class JobRunner:
             warnings=training_warnings(labels),
         )
         with self._lock:
-            if self._closed:
+            if self._closing.is_set():
                 raise ShuttingDownError("the server is shutting down: no new training jobs")
-            if self._n_pending() >= self.max_pending:
+            if self._book.n_pending() >= self.max_pending:
                 raise QueueFullError(
                     f"{self.max_pending} training jobs are already waiting; try again later"
                 )
-            self._jobs[job.id] = job
+            self._book.add(job)
             job.ticket = self.slot.enter(f"training job {job.id}")
-            self._prune()
-            self._start_workers()
-        if self._journal is not None:
-            durable = model_config is None and initial is None and hasattr(config, "to_dict")
-            if durable:
-                try:
-                    self._journal.save_data(job.id, images, labels)
-                    job.rerunnable = True
-                except OSError as exc:
-                    logger.error("could not keep the data of job %s on disk: %s", job.id, exc)
-            self._journal.save(job)
+            self._workers.start()
+        self._book.keep_data(job, images, labels)
         for text in job.warnings:
             logger.warning("training job %s: %s", job.id, text)
-        self._queue.put(job)
+        self._workers.put(job)
         logger.info("queued training job %s (%s, model %r)", job.id, config.family, model_name)
         return job.id
 
@@ -212,15 +198,15 @@ class JobRunner:
         """Snapshot of job ``job_id``.
 
         Raises:
-            KeyError: unknown (or long forgotten) job id.
+            NotFound: (a ``KeyError``) unknown (or long forgotten) job id.
         """
         with self._lock:
-            return self._snapshot(self._job(job_id))
+            return self._book.snapshot(self._book.job(job_id))
 
     def list(self) -> list[JobSnapshot]:
         """Snapshots of all remembered jobs, oldest first."""
         with self._lock:
-            return [self._snapshot(j) for j in sorted(self._jobs.values(), key=lambda j: j.created)]
+            return [self._book.snapshot(j) for j in self._book.records()]
 
     def cancel(self, job_id: str, *, keep_model: bool = True) -> JobSnapshot:
         """Ask job ``job_id`` to stop (a queued job never starts); returns its snapshot.
@@ -229,22 +215,22 @@ class JobRunner:
         name, unless ``keep_model`` is false (the model is being deleted or reset).
         """
         with self._lock:
-            job = self._job(job_id)
+            job = self._book.job(job_id)
             if job.state in FINISHED_STATES:
-                return self._snapshot(job)
+                return self._book.snapshot(job)
             job.discard_on_cancel = job.discard_on_cancel or not keep_model
             job.cancel_event.set()
             if job.state == QUEUED:
                 job.stop_reason = "cancelled before it started"
-                self._finish(job, CANCELLED)
-            return self._snapshot(job)
+                self._book.finish(job, CANCELLED)
+            return self._book.snapshot(job)
 
     def cancel_model(self, family: str, model_name: str) -> list[str]:
         """Cancel every unfinished job that would write ``family/model_name``; returns ids."""
         with self._lock:
             ids = [
                 j.id
-                for j in self._jobs.values()
+                for j in self._book.records()
                 if j.state in (QUEUED, RUNNING)
                 and j.model_name == model_name
                 and j.config.family == family
@@ -256,7 +242,7 @@ class JobRunner:
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until job ``job_id`` finishes (or ``timeout`` seconds pass); returns a snapshot."""
         with self._lock:
-            job = self._job(job_id)
+            job = self._book.job(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not job.finished.wait(0.2):
             if self._closing.is_set() and job.state == QUEUED:
@@ -270,15 +256,34 @@ class JobRunner:
         """Whether :meth:`shutdown` has begun."""
         return self._closing.is_set()
 
+    @property
+    def history_points(self) -> int:
+        """Most loss-history points in a snapshot."""
+        return self._book.history_points
+
+    @property
+    def keep_finished(self) -> int:
+        """Finished jobs remembered for progress queries."""
+        return self._book.keep_finished
+
+    @property
+    def train_fn(self) -> Callable[..., "TrainedModel"] | None:
+        """The training function the workers call (None: ``cellsparse_app.train.train``)."""
+        return self._workers.train_fn
+
+    @train_fn.setter
+    def train_fn(self, train_fn: Callable[..., "TrainedModel"] | None) -> None:
+        self._workers.train_fn = train_fn
+
     def result(self, job_id: str) -> "TrainedModel | None":
         """The trained model of a finished job (partial for a cancelled one), else None."""
         with self._lock:
-            return self._job(job_id).result
+            return self._book.job(job_id).result
 
     def busy(self) -> dict[str, int]:
         """``{"queued": n, "running": m}``."""
         with self._lock:
-            states = [j.state for j in self._jobs.values()]
+            states = [j.state for j in self._book.records()]
         return {"queued": states.count(QUEUED), "running": states.count(RUNNING)}
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
@@ -286,22 +291,18 @@ class JobRunner:
         queued jobs stay queued on disk (cancelled without a journal), waiters are woken.
         Waits up to ``timeout`` seconds for the workers. Safe to call twice."""
         with self._lock:
-            self._closed = True
             self._closing.set()
-            for job in self._jobs.values():
+            for job in self._book.records():
                 if job.state == RUNNING:
                     job.interrupted = True
                     job.cancel_event.set()
-                elif job.state == QUEUED and self._journal is None:
+                elif job.state == QUEUED and self._book.journal is None:
                     job.cancel_event.set()
                     job.stop_reason = "cancelled: the server shut down before it started"
-                    self._finish(job, CANCELLED)
+                    self._book.finish(job, CANCELLED)
                 elif job.state == QUEUED and job.ticket is not None:
                     job.ticket.release()  # stays queued on disk, for the next start
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
+        self._workers.stop(timeout)
 
     def resume(self, job_id: str, *, restart: bool = False) -> str:
         """Queue a new job from an interrupted (or cancelled/failed) job's saved data.
@@ -315,21 +316,23 @@ class JobRunner:
             The new job's id.
 
         Raises:
-            ValueError: the job is still queued or running, or finished successfully.
-            FileNotFoundError: its training data is not kept (jobs without a journal, or
-                resumed already).
+            NotFound: unknown job id.
+            InvalidInput: the job is still queued or running, or finished successfully.
+            MissingFile: (a ``FileNotFoundError``) its training data is not kept (jobs without
+                a journal, or resumed already).
         """
+        journal = self._book.journal
         with self._lock:
-            job = self._job(job_id)
+            job = self._book.job(job_id)
             if job.state not in (INTERRUPTED, CANCELLED, FAILED):
-                raise ValueError(f"job {job_id} is {job.state}; only interrupted, cancelled or "
-                                 "failed jobs can be resumed")
-            if self._journal is None or not job.rerunnable:
-                raise FileNotFoundError(f"the training data of job {job_id} is not kept; "
-                                        "submit the training again")
+                raise InvalidInput(f"job {job_id} is {job.state}; only interrupted, cancelled "
+                                   "or failed jobs can be resumed")
+            if journal is None or not job.rerunnable:
+                raise MissingFile(f"the training data of job {job_id} is not kept; "
+                                  "submit the training again")
             config, resume = job.config, job.resume
             done = job.step
-        images, labels = self._journal.load_data(job_id)
+        images, labels = journal.load_data(job_id)
         if not restart:
             resume = True
             if getattr(config, "steps", None) is not None:
@@ -339,114 +342,18 @@ class JobRunner:
                              resumed_from=job_id)
         with self._lock:
             job.rerunnable = False
-        self._journal.drop_data(job_id)
-        self._journal.save(job)
+        journal.drop_data(job_id)
+        journal.save(job)
         logger.info("job %s %s as job %s", job_id, "re-run" if restart else "resumed", new_id)
         return new_id
 
     # -- internals --------------------------------------------------------------------------
-    def _job(self, job_id: str) -> JobRecord:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise KeyError(f"no training job with id {job_id!r}") from None
-
-    def _n_pending(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.state == QUEUED)
-
-    def _start_workers(self) -> None:
-        while len(self._threads) < self._n_workers:
-            thread = threading.Thread(
-                target=self._work, name=f"cellsparse-train-{len(self._threads)}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-
-    def _prune(self) -> None:
-        finished = sorted(
-            (j for j in self._jobs.values() if j.state in FINISHED_STATES), key=lambda j: j.created
-        )
-        for job in finished[: max(0, len(finished) - self.keep_finished)]:
-            del self._jobs[job.id]
-            if self._journal is not None:
-                self._journal.delete(job.id)
-
-    def _restore(self) -> None:
-        """Read the journal: records back, queued jobs queued again, running ones interrupted."""
-        from cellsparse_app.jobs.journal import restore_jobs
-
-        jobs, requeue = restore_jobs(self._journal)
-        self._jobs.update({job.id: job for job in jobs})
-        if requeue:
-            self._start_workers()
-            for job in requeue:
-                job.ticket = self.slot.enter(f"training job {job.id}")
-                self._queue.put(job)
-
-    def _snapshot(self, job: JobRecord) -> JobSnapshot:
-        position = None
-        if job.state == QUEUED and job.ticket is not None:
-            position = job.ticket.waiting_ahead()
-        return job.snapshot(position, self.history_points)
-
-    def _finish(self, job: JobRecord, state: str) -> None:
-        job.state = state
-        job.finished_at = time.time()
-        job.images = job.labels = None  # free memory; snapshots do not need them
-        if job.ticket is not None:
-            job.ticket.release()  # leaves the queue, or frees the slot
-        if self._journal is not None:
-            if state == DONE:  # others keep their data (until pruned): they may be re-run
-                self._journal.drop_data(job.id)
-                job.rerunnable = False
-            self._journal.save(job)
-        job.finished.set()
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            # Wait for the training slot (another job, or a web-app round, may hold it).
-            while job.ticket is not None and not job.ticket.wait(0.2):
-                if job.state != QUEUED or self._closing.is_set():
-                    break
-            with self._lock:
-                if job.state != QUEUED or self._closed:  # cancelled, or the server is stopping
-                    if job.ticket is not None and job.state == QUEUED:
-                        job.ticket.release()  # stays queued on disk, for the next start
-                    continue
-                job.state = RUNNING
-                job.started = time.time()
-            if self._journal is not None:
-                self._journal.save(job)
-            try:
-                self._run(job)
-            except Exception as exc:  # a job failing must never kill the worker
-                logger.exception("training job %s failed", job.id)
-                with self._lock:
-                    job.error = str(exc) or type(exc).__name__
-                    job.error_type = type(exc).__name__
-                    job.stop_reason = f"failed after {job.step} steps: {job.error}"
-                    self._finish(job, FAILED)
-
-    def _run(self, job: JobRecord) -> None:
-        try:
-            model, cancelled, steps_done, saved = run_training(
-                job, self._train_fn, self.store, self._lock, self._journal)
-        finally:
-            if job.ticket is not None:
-                job.ticket.release()  # the next training may start while we save the record
-        family = job.config.family
+    def _requeue(self, jobs: list[JobRecord]) -> None:
+        """Queue jobs restored from the journal again (each takes a new slot ticket)."""
+        if not jobs:
+            return
         with self._lock:
-            job.result = model
-            job.model_saved = saved
-            job.step = steps_done
-            job.describe_stop(steps_done, cancelled)
-            if saved and cancelled:
-                job.stop_reason += f"; the model trained so far is saved as {job.model_name!r}"
-            state = INTERRUPTED if job.interrupted else CANCELLED if cancelled else DONE
-            self._finish(job, state)
-        log = logger.warning if job.cut or cancelled else logger.info
-        log("training job %s (%s/%s) %s: %s", job.id, family, job.model_name, job.state,
-            job.stop_reason)
+            self._workers.start()
+        for job in jobs:
+            job.ticket = self.slot.enter(f"training job {job.id}")
+            self._workers.put(job)

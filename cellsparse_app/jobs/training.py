@@ -1,7 +1,8 @@
 """Running one training job's training: its data, the model it continues, progress, the save.
 
-The :class:`~cellsparse_app.jobs.runner.JobRunner`'s worker calls :func:`run_training` once the job holds
-the training slot; the runner keeps the bookkeeping (states, stop reasons, the journal).
+A worker of :class:`~cellsparse_app.jobs.workers.TrainingWorkers` calls :func:`run_training` once
+the job holds the training slot; it and the :class:`~cellsparse_app.jobs.book.JobBook` keep the
+bookkeeping (states, stop reasons, the journal).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
+from cellsparse_app.errors import InvalidInput
 from cellsparse_app.json_config import JsonConfig
 
 if TYPE_CHECKING:  # torch is imported lazily by families so the core imports fast
@@ -138,7 +139,7 @@ def get_family(name: str) -> ModelFamily:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown model family {name!r}; available: {', '.join(list_families())}"
         ) from None
 

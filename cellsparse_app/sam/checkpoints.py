@@ -31,9 +31,12 @@ from urllib.parse import urlsplit
 
 from cellsparse_app.json_config import JsonConfig
 from cellsparse_app.sam.download import DownloadError, DownloadPolicy
+from cellsparse_app.settings import from_environment
 
 logger = logging.getLogger(__name__)
 
+#: The variable naming the weights cache (parsed by :mod:`cellsparse_app.settings`; the name is
+#: quoted in messages telling people where to put weights).
 CACHE_ENV = "CELLSPARSE_CACHE_DIR"
 REGISTRY_FILE = "registered.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,11 +99,7 @@ OFFICIAL_WEIGHTS: dict[str, WeightSpec] = {
 
 def default_cache_dir() -> Path:
     """``$CELLSPARSE_CACHE_DIR`` or ``$XDG_CACHE_HOME/cellsparse`` (``~/.cache/cellsparse``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "cellsparse"
+    return from_environment().default_cache_dir()
 
 
 def new_spec(name: str, model_type: str, url: str, policy: DownloadPolicy, *,

@@ -12,26 +12,20 @@ Three frozen dataclasses (JSON round trip through :class:`~cellsparse_app.json_c
 Environment variables (servers): ``CELLSPARSE_SAM_MODEL`` (model type),
 ``CELLSPARSE_SAM_CHECKPOINT`` (local checkpoint file), ``CELLSPARSE_OFFLINE=1`` (never download),
 ``CELLSPARSE_SAM_ENCODER`` (encoder engine), ``CELLSPARSE_SAM_ENCODER_SIDE`` (encoder input side);
-read by :meth:`SamConfig.from_env`.
+parsed by :mod:`cellsparse_app.settings`, applied by :meth:`SamConfig.from_env`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Mapping
 
 from cellsparse_app.json_config import JsonConfig
+from cellsparse_app.settings import from_environment
 from cellsparse_app.sam.input_side import STANDARD_SIDE, check_encoder_side
 
 logger = logging.getLogger(__name__)
-
-MODEL_ENV = "CELLSPARSE_SAM_MODEL"
-CHECKPOINT_ENV = "CELLSPARSE_SAM_CHECKPOINT"
-OFFLINE_ENV = "CELLSPARSE_OFFLINE"
-ENCODER_ENV = "CELLSPARSE_SAM_ENCODER"
-ENCODER_SIDE_ENV = "CELLSPARSE_SAM_ENCODER_SIDE"
 
 ENCODER_ENGINES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -126,22 +120,21 @@ class SamConfig(JsonConfig):
     def from_env(
         cls, base: "SamConfig | None" = None, environ: Mapping[str, str] | None = None
     ) -> "SamConfig":
-        """``base`` (default config) overridden by the ``CELLSPARSE_SAM_*`` environment."""
-        env = os.environ if environ is None else environ
+        """``base`` (default config) overridden by the ``CELLSPARSE_SAM_*`` environment
+        (``environ``: a mapping instead of ``os.environ``, see
+        :func:`cellsparse_app.settings.from_environment`)."""
+        env = from_environment(environ)
         cfg = base or cls()
         changes: dict = {}
-        if env.get(MODEL_ENV):
-            changes["model_type"] = env[MODEL_ENV].strip()
-        if env.get(CHECKPOINT_ENV):
-            changes["checkpoint"] = env[CHECKPOINT_ENV].strip()
-        if env.get(ENCODER_ENV):
-            changes["encoder_engine"] = env[ENCODER_ENV].strip()
-        if env.get(ENCODER_SIDE_ENV):
-            text = env[ENCODER_SIDE_ENV].strip()
-            if not text.isdigit():
-                raise ValueError(f"{ENCODER_SIDE_ENV} must be an integer, got {text!r}")
-            changes["encoder_side"] = int(text)
-        if env.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        if env.sam_model is not None:
+            changes["model_type"] = env.sam_model
+        if env.sam_checkpoint is not None:
+            changes["checkpoint"] = env.sam_checkpoint
+        if env.sam_encoder is not None:
+            changes["encoder_engine"] = env.sam_encoder
+        if env.sam_encoder_side is not None:
+            changes["encoder_side"] = env.sam_encoder_side
+        if env.offline:
             changes["download"] = False
         return cfg.replace(**changes) if changes else cfg
 
@@ -234,7 +227,8 @@ class RenderConfig(JsonConfig):
     """How an image becomes SAM's RGB ``uint8`` input (see :mod:`cellsparse_app.sam.render`).
 
     Attributes:
-        channels: up to 3 channel indices shown as red, green, blue (one: grey). None: all
+        channels: up to 3 channel indices (one: grey, two: green/magenta, three: red, green,
+            blue; see :mod:`cellsparse_app.data.display`). None: all
             channels of a 1-3 channel image, the first three otherwise.
         lower, upper: percentiles mapped to black and white (per channel).
         keep_rgb8: pass 8-bit RGB pictures (H&E, brightfield photos) through unchanged.

@@ -28,6 +28,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cellsparse_app.errors import InvalidInput, Unavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class BackendSpec:
         return self.module is None or importlib.util.find_spec(self.module) is not None
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(Unavailable):
     """The Python package of a backend is not installed; the message names it."""
 
 
@@ -84,12 +86,12 @@ def get_backend(name: str) -> BackendSpec:
     """The backend called ``name``.
 
     Raises:
-        ValueError: unknown name (the message lists the available ones).
+        InvalidInput: (a ``ValueError``) unknown name (the message lists the available ones).
     """
     try:
         return _BACKENDS[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown SAM model type {name!r}; available: {', '.join(_BACKENDS)}"
         ) from None
 

@@ -1,6 +1,8 @@
 """Pictures for people: display images, annotation overlays, error and change maps.
 
-All functions return ``uint8 (H, W, 3)`` RGB arrays and never change their inputs. Colours:
+All functions return ``uint8 (H, W, 3)`` RGB arrays and never change their inputs. The image
+itself is drawn by :func:`to_display`, i.e. :func:`cellsparse_app.data.display.to_rgb` (the one
+image-to-RGB path, shared with SAM). Colours:
 
 * Foreground cells: one saturated colour per cell, translucent, with a bright outline;
 * Background: translucent blue; unlabelled pixels show the plain image (ignored in training);
@@ -20,8 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cellsparse_app.data.display import to_rgb as to_display  # noqa: F401  (the canvas's name)
 from cellsparse_app.data.drawing import polyline_mask
-from cellsparse_app.data.images import ImageConfig, normalize, select_channels
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +46,6 @@ _PALETTE = np.array(
      (127, 255, 0), (255, 20, 147)],
     dtype=np.float32,
 )
-
-
-def to_display(image: np.ndarray, config: ImageConfig = ImageConfig()) -> np.ndarray:
-    """Contrast-stretched RGB view of an image.
-
-    One selected channel is shown in grey, two as green/magenta, three as RGB; with
-    ``channels=None`` grey images stay grey, 3-channel images are RGB and other counts show their
-    first three channels. With a ``stain`` the network's input is shown (objects bright).
-    """
-    if config.stain is not None:
-        # What the network gets (haematoxylin channel, or inverted): SAM and the user see it too.
-        x = np.clip(np.moveaxis(config.prepare(image), 0, -1)[..., :3], 0.0, 1.0)
-    else:
-        x = select_channels(image, config.channels)
-        if config.channels is None and x.shape[-1] > 3:
-            x = x[..., :3]
-        x = np.clip(normalize(x, config.lower, config.upper), 0.0, 1.0)
-    n = x.shape[-1]
-    if n == 1:
-        rgb = np.repeat(x, 3, axis=-1)
-    elif n == 2:
-        rgb = np.stack([x[..., 1], x[..., 0], x[..., 1]], axis=-1)  # ch0 green, ch1 magenta
-    else:
-        rgb = x[..., :3]
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
 def boundaries(labels: np.ndarray) -> np.ndarray:

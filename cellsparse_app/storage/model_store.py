@@ -6,7 +6,8 @@ Layout: ``<root>/models/<family>/<name>/`` holding what :meth:`TrainedModel.save
 Safety rules, because names come from the network:
 
 * model and family names must match :data:`NAME_PATTERN` (letters, digits, ``_ . -``; no path
-  separators, no leading dot), so ``../../etc`` or ``/tmp/x`` are rejected with a ``ValueError``;
+  separators, no leading dot), so ``../../etc`` or ``/tmp/x`` are rejected with
+  :class:`~cellsparse_app.errors.InvalidInput` (a ``ValueError``);
 * every path is resolved and checked to lie inside ``root`` (symlinks cannot escape);
 * saving is atomic: the model is written to a temporary sibling directory and swapped in with
   ``os.replace``, so a crash or a failed save never leaves a half-written model, and the previous
@@ -24,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cellsparse_app.errors import InvalidInput, InvalidType, MissingFile
+
 if TYPE_CHECKING:  # torch-heavy; imported lazily
     from cellsparse_app.models.trained import TrainedModel
 
@@ -40,13 +43,13 @@ def validate_name(name: Any, what: str = "model name") -> str:
     """Return ``name`` if it is a safe model/family name.
 
     Raises:
-        TypeError: if ``name`` is not a string.
-        ValueError: naming the rejected value and the allowed pattern.
+        InvalidType: (a ``TypeError``) ``name`` is not a string.
+        InvalidInput: (a ``ValueError``) naming the rejected value and the allowed pattern.
     """
     if not isinstance(name, str):
-        raise TypeError(f"{what} must be a string, got {type(name).__name__}")
+        raise InvalidType(f"{what} must be a string, got {type(name).__name__}")
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError(
+        raise InvalidInput(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit (no '/' or '..')"
         )
@@ -74,7 +77,7 @@ class ModelStore:
         validate_name(name)
         path = (self.models_dir / family / name).resolve()
         if not path.is_relative_to(self.models_dir):
-            raise ValueError(f"model path for {family}/{name} escapes the data directory")
+            raise InvalidInput(f"model path for {family}/{name} escapes the data directory")
         return path
 
     def exists(self, family: str, name: str) -> bool:
@@ -86,11 +89,11 @@ class ModelStore:
         """Load a stored model.
 
         Raises:
-            FileNotFoundError: naming the missing model.
+            MissingFile: (a ``FileNotFoundError``) naming the missing model.
         """
         with self._lock:
             if not self.exists(family, name):
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"no {family} model named {name!r}; train one first (stored: "
                     f"{', '.join(self.names(family)) or 'none'})"
                 )
@@ -136,7 +139,7 @@ class ModelStore:
 
         with self._lock:
             if not self.exists(family, name):
-                raise FileNotFoundError(f"no {family} model named {name!r}")
+                raise MissingFile(f"no {family} model named {name!r}")
             return zip_model(self.path(family, name))
 
     # -- write ------------------------------------------------------------------------------

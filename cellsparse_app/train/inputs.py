@@ -14,26 +14,39 @@ from cellsparse_app.data.labels import validate_labels
 logger = logging.getLogger(__name__)
 
 
-def check_inputs(
+#: Refusal when no pixel is annotated (the wording serves both label formats).
+NOTHING_ANNOTATED = (
+    "no annotations: the labels annotate nothing (every pixel is unlabelled: -1, or 0 in the "
+    "wire format); annotate some cells and some background"
+)
+#: Refusal when no cell is annotated.
+NO_CELLS = (
+    "no annotated cells: the labels contain no foreground object (no instance: 1..N, or >= 2 in "
+    "the wire format); annotate at least one cell"
+)
+#: Warning for training data without any background pixel (Sugawara 2023: background annotation
+#: is essential; without it the model learns that everything is a cell).
+NO_BACKGROUND_WARNING = (
+    "the labels mark no background (label 0; wire format: 1): the model cannot learn what is not "
+    "a cell and will likely predict cells everywhere; annotate some background around them"
+)
+
+
+def check_data(
     images: Sequence[np.ndarray] | np.ndarray,
     labels: Sequence[np.ndarray] | np.ndarray,
-    image_config: ImageConfig,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Validate and prepare training data.
+    """The rules every training input obeys, wherever it comes from (UI, REST job, CLI).
 
     A single 2-D image and label image may be passed without a list.
 
     Returns:
-        ``(prepared, labels)``: network inputs ``float32 (C, H, W)`` and ``int32`` labels.
+        ``(images, labels)``: validated images and ``int32`` labels (-1/0/1..N).
 
     Raises:
-        TypeError: images or labels of the wrong type/dtype.
-        ValueError: counts, shapes or channels that do not match; no labelled pixel at all; no
-            annotated cell.
-
-    Warns:
-        UserWarning: no annotated background (Sugawara 2023: background annotation is essential;
-            without it the model learns that everything is a cell).
+        TypeError: images or labels of the wrong type/dtype (the error names which one).
+        ValueError: no images, counts or shapes that do not match, no labelled pixel at all
+            (:data:`NOTHING_ANNOTATED`), no annotated cell (:data:`NO_CELLS`).
     """
     images = _as_list(images, "images")
     labels = _as_list(labels, "labels")
@@ -41,13 +54,53 @@ def check_inputs(
         raise ValueError("no training images given")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} image(s) but {len(labels)} label image(s)")
-    prepared, checked = [], []
+    checked_images, checked_labels = [], []
     for i, (image, lab) in enumerate(zip(images, labels)):
         image = validate_image(image, name=f"image {i}")
         try:
             lab = validate_labels(lab, shape=image.shape)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"labels {i}: {exc}") from None
+        checked_images.append(image)
+        checked_labels.append(lab)
+    if not any((lab >= 0).any() for lab in checked_labels):
+        raise ValueError(NOTHING_ANNOTATED)
+    if not any((lab > 0).any() for lab in checked_labels):
+        raise ValueError(NO_CELLS)
+    return checked_images, checked_labels
+
+
+def input_warnings(labels: Sequence[np.ndarray]) -> list[str]:
+    """Likely mistakes in labels that still allow training (:data:`NO_BACKGROUND_WARNING`)."""
+    if not any(np.count_nonzero(np.asarray(lab) == 0) for lab in labels):
+        return [NO_BACKGROUND_WARNING]
+    return []
+
+
+def check_inputs(
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    image_config: ImageConfig,
+    *,
+    warn: bool = True,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate (:func:`check_data`) and prepare training data for the networks.
+
+    ``warn=False`` leaves the warnings to the caller (the web app shows them as notices).
+
+    Returns:
+        ``(prepared, labels)``: network inputs ``float32 (C, H, W)`` and ``int32`` labels.
+
+    Raises:
+        TypeError, ValueError: see :func:`check_data`; also images whose prepared channel
+            counts differ.
+
+    Warns:
+        UserWarning: each of :func:`input_warnings` (e.g. no annotated background).
+    """
+    images, checked = check_data(images, labels)
+    prepared: list[np.ndarray] = []
+    for i, image in enumerate(images):
         x = image_config.prepare(image)
         if prepared and x.shape[0] != prepared[0].shape[0]:
             raise ValueError(
@@ -55,25 +108,8 @@ def check_inputs(
                 f"{prepared[0].shape[0]}; choose the same channels with ImageConfig(channels=...)"
             )
         prepared.append(x)
-        checked.append(lab)
-    n_labelled = sum(int((lab >= 0).sum()) for lab in checked)
-    if n_labelled == 0:
-        raise ValueError(
-            "no annotations: every label pixel is -1 (unlabelled); annotate some cells (1..N) "
-            "and some background (0)"
-        )
-    if not any((lab > 0).any() for lab in checked):
-        raise ValueError(
-            "no annotated cells: the labels contain background (0) but no instance (1..N); "
-            "annotate at least one cell"
-        )
-    if not any((lab == 0).any() for lab in checked):
-        warnings.warn(
-            "no background is annotated (no label 0): the model cannot learn what is not a "
-            "cell and will over-segment; annotate some background",
-            UserWarning,
-            stacklevel=3,
-        )
+    for text in input_warnings(checked) if warn else ():
+        warnings.warn(text, UserWarning, stacklevel=3)
     return prepared, checked
 
 

@@ -1,7 +1,25 @@
 """Menu entries and one-line texts of the web app that come from the core's registries: the
-model families and the device training runs on (what the Train tab shows)."""
+model families and the device training runs on (what the Train tab shows), the export formats."""
 
 from __future__ import annotations
+
+#: What people call each export format (keys of
+#: :data:`~cellsparse_app.session.results.EXPORT_SUFFIXES`), in menu order.
+EXPORT_FORMAT_LABELS: dict[str, str] = {
+    "tiff": "Label TIFF (napari / Fiji)",
+    "geojson": "QuPath GeoJSON",
+    "imagej": "ImageJ ROI zip",
+    "coco": "COCO JSON",
+    "csv": "CSV measurements",
+    "sparse": "Sparse annotation TIFF (-1/0/1..N, for cellsparse train)",
+}
+
+
+def export_format_choices() -> list[tuple[str, str]]:
+    """``(label, key)`` of every export format the core writes."""
+    from cellsparse_app.session.results import EXPORT_SUFFIXES
+
+    return [(EXPORT_FORMAT_LABELS.get(key, key), key) for key in EXPORT_SUFFIXES]
 
 
 def family_choices() -> list[tuple[str, str]]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from cellsparse_app.session.folders import new_session_token, remove_stale_sessions, session_folder
 from cellsparse_app.session.workspace import Workspace
+from cellsparse_app.settings import from_environment
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +25,6 @@ logger = logging.getLogger(__name__)
 SWEEP_EVERY = 600.0
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-
-
-def _env_number(name: str, default: float, kind: type[int] | type[float] = int) -> Any:
-    """``$name`` read as ``kind`` (int or float); ``default`` when it is unset or empty."""
-    value = os.environ.get(name)
-    try:
-        return kind(value) if value else default
-    except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise ValueError(f"${name} must be {expected}, got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +45,14 @@ class AppSettings:
         example_image, example_truth: the bundled example and its ground truth.
     """
 
-    session_root: Path = dataclasses.field(default_factory=lambda: Path(
-        os.environ.get("CELLSPARSE_SESSION_DIR")
-        or Path(tempfile.gettempdir()) / "cellsparse-sessions"
-    ))
+    session_root: Path = dataclasses.field(
+        default_factory=lambda: from_environment().session_dir)
     sam_model: str = dataclasses.field(
-        default_factory=lambda: os.environ.get("CELLSPARSE_SAM_MODEL", "vit_t"))
-    gpu_slots: int = dataclasses.field(
-        default_factory=lambda: _env_number("CELLSPARSE_GPU_SLOTS", 1))
-    sam_slots: int = dataclasses.field(
-        default_factory=lambda: _env_number("CELLSPARSE_SAM_SLOTS", 2))
+        default_factory=lambda: from_environment().sam_model or "vit_t")
+    gpu_slots: int = dataclasses.field(default_factory=lambda: from_environment().gpu_slots)
+    sam_slots: int = dataclasses.field(default_factory=lambda: from_environment().sam_slots)
     session_max_age_hours: float = dataclasses.field(
-        default_factory=lambda: _env_number("CELLSPARSE_SESSION_MAX_AGE_HOURS", 24.0, float))
+        default_factory=lambda: from_environment().session_max_age_hours)
     max_train_seconds: int = 900
     example_image: Path = ASSETS_DIR / "example_nuclei.png"
     example_truth: Path = ASSETS_DIR / "example_nuclei_labels.tif"

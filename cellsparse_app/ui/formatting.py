@@ -7,7 +7,9 @@ import time
 from typing import Any, Sequence
 
 from cellsparse_app.data.annotations import AnnotationSummary
+from cellsparse_app.session.results import Comparison, Prediction, Skipped
 from cellsparse_app.storage.project import ImageRecord, RoundRecord
+from cellsparse_app.ui.choices import EXPORT_FORMAT_LABELS
 
 LEGEND_HTML = (
     '<div class="cs-legend">'
@@ -31,6 +33,8 @@ CHANGES_LEGEND = (
     '<span><i style="background:#ff3cdc"></i>Gone this round</span>'
     '<span><i style="background:#a0a0a0"></i>Unchanged</span></div>'
 )
+#: What a comparison's errors were scored against, in words.
+REFERENCES = {"truth": "ground truth", "annotations": "your annotations"}
 ROUND_COLUMNS = ["round", "family", "from", "steps", "time s", "loss", "cells", "BG px",
                  "AP50 annot.", "AP50 GT", "status"]
 CELL_COLUMNS = ["cell", "area px", "row", "col"]
@@ -127,7 +131,7 @@ def round_choices(rounds: Sequence[RoundRecord]) -> list[tuple[str, int]]:
              r.index) for r in rounds]
 
 
-def prediction_markdown(predictions: Sequence[Any]) -> str:
+def prediction_markdown(predictions: Sequence[Prediction]) -> str:
     """Lines per predicted image: count, time and AP where annotations/truth exist."""
     lines = []
     for p in predictions:
@@ -144,12 +148,23 @@ def prediction_markdown(predictions: Sequence[Any]) -> str:
     return "  \n".join(lines)
 
 
-def comparison_markdown(c: Any) -> str:
+def comparison_markdown(c: Comparison) -> str:
     lines = [f"Round {c.round}: **{c.n_objects}** objects"]
     if c.metrics:
         m = c.metrics
-        lines.append(f"Errors vs {c.errors_against}: AP50 **{m['ap'][0]:.3f}** · "
+        against = REFERENCES.get(c.errors_against or "", c.errors_against)
+        lines.append(f"Errors vs {against}: AP50 **{m['ap'][0]:.3f}** · "
                      f"TP {m['tp'][0]} · FP {m['fp'][0]} · missed {m['fn'][0]}")
     if c.previous_round is not None:
         lines.append(f"Since round {c.previous_round}: +{c.n_new} new, −{c.n_removed} gone")
     return "  \n".join(lines)
+
+
+def skipped_text(skipped: Sequence[Skipped]) -> str:
+    """Why exports were left out, one clause each, naming formats as the menu does."""
+    clauses = []
+    for item in skipped:
+        where = [item.image, EXPORT_FORMAT_LABELS.get(item.format, item.format)
+                 if item.format else None]
+        clauses.append(f"{', '.join(w for w in where if w)}: {item.reason}")
+    return "; ".join(clauses)

@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from cellsparse_app.session.workspace import CENTRE, Workspace
+from cellsparse_app.session.sam_bridge import CENTRE
+from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.handlers_images import canvas_outputs
 
@@ -33,15 +34,15 @@ def click(ws: Workspace | None, mode: str, evt: gr.SelectData) -> tuple:
     """
     ws = require(ws)
     x, y = (int(round(v)) for v in evt.index)
-    row, col = ws.to_image(y, x)
-    view = ws.click(row=row, col=col, mode=mode)
+    row, col = ws.canvas.to_image(y, x)
+    view = ws.tools.click(row=row, col=col, mode=mode)
     return (*canvas_outputs(view), _editor_value(view.image) if mode == CENTRE else gr.skip())
 
 
 @friendly
 def zoom(ws: Workspace | None, factor: int) -> tuple:
     """Zoom the canvas (and the brush editor) around the current centre."""
-    view = require(ws).set_zoom(int(factor))
+    view = require(ws).canvas.set_zoom(int(factor))
     return (*canvas_outputs(view), _editor_value(view.image))
 
 
@@ -52,8 +53,8 @@ def pan_handler(direction: str):
     @friendly
     def pan(ws: Workspace | None) -> tuple:
         ws = require(ws)
-        step_rows, step_cols = ws.viewport.step
-        view = ws.pan(d_rows * step_rows, d_cols * step_cols)
+        step_rows, step_cols = ws.canvas.viewport.step
+        view = ws.canvas.pan(d_rows * step_rows, d_cols * step_cols)
         return (*canvas_outputs(view), _editor_value(view.image))
 
     pan.__name__ = f"pan_{direction}"
@@ -62,54 +63,54 @@ def pan_handler(direction: str):
 
 @friendly
 def accept_foreground(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).accept_foreground())
+    return canvas_outputs(require(ws).tools.accept_foreground())
 
 
 @friendly
 def accept_background(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).accept_background())
+    return canvas_outputs(require(ws).tools.accept_background())
 
 
 @friendly
 def clear_prompts(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).clear_prompts())
+    return canvas_outputs(require(ws).tools.clear_prompts())
 
 
 @friendly
 def undo(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).undo())
+    return canvas_outputs(require(ws).tools.undo())
 
 
 @friendly
 def delete_selected(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).delete_selected())
+    return canvas_outputs(require(ws).tools.delete_selected())
 
 
 @friendly
 def auto_masks(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).auto_masks())
+    return canvas_outputs(require(ws).tools.auto_masks())
 
 
 @friendly
 def accept_all_candidates(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).accept_all("candidates"))
+    return canvas_outputs(require(ws).tools.accept_all("candidates"))
 
 
 @friendly
 def accept_all_predicted(ws: Workspace | None) -> tuple:
-    return canvas_outputs(require(ws).accept_all("prediction"))
+    return canvas_outputs(require(ws).tools.accept_all("prediction"))
 
 
 @friendly
 def show_prediction(ws: Workspace | None, show: bool) -> tuple:
-    return canvas_outputs(require(ws).set_show_prediction(bool(show)))
+    return canvas_outputs(require(ws).canvas.set_show_prediction(bool(show)))
 
 
 @friendly
 def set_margin(ws: Workspace | None, px: float) -> str:
     """The Background-margin slider moved: ring width around cells accepted from now on
     (returns the status line)."""
-    return require(ws).set_margin(px)
+    return require(ws).tools.set_margin(px)
 
 
 @friendly
@@ -119,7 +120,7 @@ def select_cell_row(ws: Workspace | None, evt: gr.SelectData) -> tuple:
     row = evt.row_value or []
     if not row:
         raise ValueError("click a row of the cells table")
-    return canvas_outputs(ws.select_cell(int(row[0])))
+    return canvas_outputs(ws.tools.select_cell(int(row[0])))
 
 
 def _layers(editor_value: dict[str, Any] | None) -> list:
@@ -131,21 +132,21 @@ def _layers(editor_value: dict[str, Any] | None) -> list:
 @friendly
 def paint_background(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tuple:
     """Painted strokes of the brush editor become Background (cells are kept)."""
-    view = require(ws).paint(_layers(editor_value), "background")
+    view = require(ws).tools.paint(_layers(editor_value), "background")
     return (*canvas_outputs(view), _editor_value(view.image))
 
 
 @friendly
 def paint_foreground(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tuple:
     """The painted area (holes filled: a drawn outline counts as the cell) becomes one cell."""
-    view = require(ws).paint(_layers(editor_value), "foreground")
+    view = require(ws).tools.paint(_layers(editor_value), "foreground")
     return (*canvas_outputs(view), _editor_value(view.image))
 
 
 @friendly
 def paint_erase(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tuple:
     """Painted strokes become unlabelled again (Background and cell pixels)."""
-    view = require(ws).paint(_layers(editor_value), "erase")
+    view = require(ws).tools.paint(_layers(editor_value), "erase")
     return (*canvas_outputs(view), _editor_value(view.image))
 
 
@@ -153,7 +154,7 @@ def paint_erase(ws: Workspace | None, editor_value: dict[str, Any] | None) -> tu
 def load_brush_editor(ws: Workspace | None) -> dict[str, Any] | None:
     """Put the current annotation view under the brush (when the brush panel opens)."""
     ws = require(ws)
-    return _editor_value(ws.view().image) if ws.current is not None else None
+    return _editor_value(ws.canvas.view().image) if ws.current is not None else None
 
 
 def _editor_value(image: Any) -> dict[str, Any]:

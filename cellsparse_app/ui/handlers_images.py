@@ -1,7 +1,8 @@
 """Handlers of the image sidebar: start a session, upload, example, switch, channels/contrast.
 
-Each handler parses its inputs, calls one ``Workspace`` method and formats the outputs. The
-output order of :func:`image_outputs` is the ``IMAGE_OUTPUTS`` list built in ``layout.py``.
+Each handler parses its inputs, calls one method of the ``Workspace`` or of one of its
+parts (``canvas``, ``tools``, ``rounds``) and formats the outputs. The output order of
+:func:`image_outputs` is the ``IMAGE_OUTPUTS`` list built in ``layout.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import gradio as gr
 
 from cellsparse_app.data.images import ImageConfig
-from cellsparse_app.session.workspace import CanvasView, Workspace
+from cellsparse_app.session.canvas import CanvasView
+from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.context import AppContext
 from cellsparse_app.ui.errors import friendly, require
@@ -94,7 +96,7 @@ def upload(ws: Workspace | None, files: list[Any] | None) -> tuple:
         skipped = "; ".join(problems)
         gr.Warning(f"Skipped {len(problems)} file(s) that could not be read: {skipped}")
         message += f" · skipped {len(problems)} unreadable file(s): {skipped}"
-    return image_outputs(ws, ws.view(message), go_annotate=True)
+    return image_outputs(ws, ws.canvas.view(message), go_annotate=True)
 
 
 def load_example(ctx: AppContext):
@@ -105,8 +107,8 @@ def load_example(ctx: AppContext):
         ws = require(ws)
         s = ctx.settings
         ws.add_example(s.example_image, s.example_truth if s.example_truth.is_file() else None)
-        return image_outputs(ws, ws.view("Example loaded: click a nucleus to get its SAM mask"),
-                             go_annotate=True)
+        view = ws.canvas.view("Example loaded: click a nucleus to get its SAM mask")
+        return image_outputs(ws, view, go_annotate=True)
 
     return handler
 
@@ -115,7 +117,7 @@ def load_example(ctx: AppContext):
 def select_image(ws: Workspace | None, image_id: str | None) -> tuple:
     ws = require(ws)
     if not image_id or image_id == ws.current:
-        return image_outputs(ws, ws.view() if ws.current else None)
+        return image_outputs(ws, ws.canvas.view() if ws.current else None)
     return image_outputs(ws, ws.select_image(image_id))
 
 
@@ -158,7 +160,7 @@ def stain_note(ws: Workspace) -> str:
 def remove_image(ws: Workspace | None) -> tuple:
     ws = require(ws)
     current = ws.remove_current()
-    return image_outputs(ws, ws.view("Image removed") if current else None)
+    return image_outputs(ws, ws.canvas.view("Image removed") if current else None)
 
 
 @friendly
@@ -168,7 +170,7 @@ def prepare_sam(ws: Workspace | None) -> str:
     if ws.current is None:
         return ""
     start = time.monotonic()
-    backend = ws.prepare_sam()
+    backend = ws.tools.prepare_sam()
     return fmt.status_markdown(f"SAM ready ({backend}, {time.monotonic() - start:.1f} s): "
                                "click a cell")
 

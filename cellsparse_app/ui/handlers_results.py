@@ -10,7 +10,9 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from cellsparse_app.session.workspace import SELECT, Workspace
+from cellsparse_app.session.results import NothingExported
+from cellsparse_app.session.sam_bridge import SELECT
+from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui.errors import friendly, require
 from cellsparse_app.ui.fields import optional_float, optional_int
@@ -77,7 +79,8 @@ def predict(
     """
     ws = require(ws)
     cfg = predict_config(prob_threshold, min_size, flow_threshold, diameter)
-    predictions, comparison = ws.predict(scope, cfg, progress=lambda f, t: progress(f, desc=t))
+    predictions, comparison = ws.rounds.predict(scope, cfg,
+                                                progress=lambda f, t: progress(f, desc=t))
     value, legend, note = _slider(comparison, right)
     text = fmt.prediction_markdown(predictions)
     summary = fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
@@ -87,7 +90,7 @@ def predict(
 @friendly
 def show_comparison(ws: Workspace | None, right: str) -> tuple:
     """Switch what the slider's right side shows. Outputs: slider, legend, comparison text."""
-    comparison = require(ws).compare()
+    comparison = require(ws).rounds.compare()
     value, legend, note = _slider(comparison, right)
     return value, legend, fmt.comparison_markdown(comparison) + (f"  \n*{note}*" if note else "")
 
@@ -99,7 +102,7 @@ def correct(ws: Workspace | None) -> tuple:
     from cellsparse_app.ui.handlers_images import canvas_outputs
 
     ws = require(ws)
-    view = ws.set_show_prediction(True)
+    view = ws.canvas.set_show_prediction(True)
     return (gr.update(selected=ANNOTATE_TAB), SELECT, True, *canvas_outputs(view))
 
 
@@ -113,17 +116,20 @@ def _export_dir() -> Path:
 def export(ws: Workspace | None, source: str, scope: str, formats: list[str]) -> list[str]:
     """Write the chosen formats; returns the files for download."""
     ws = require(ws)
-    result = ws.export(source, scope, list(formats or []), _export_dir())
+    try:
+        result = ws.rounds.export(source, scope, list(formats or []), _export_dir())
+    except NothingExported as exc:  # say why in the formats' own names
+        raise ValueError(f"nothing exported: {fmt.skipped_text(exc.skipped)}") from exc
     gr.Info(f"Exported {len(result.files)} file(s)")
     if result.skipped:
-        gr.Warning("Skipped: " + "; ".join(result.skipped))
+        gr.Warning(f"Skipped: {fmt.skipped_text(result.skipped)}")
     return [str(p) for p in result.files]
 
 
 @friendly
 def export_model(ws: Workspace | None) -> str:
     ws = require(ws)
-    return str(ws.export_model(_export_dir()))
+    return str(ws.rounds.export_model(_export_dir()))
 
 
 @friendly
@@ -141,5 +147,5 @@ def load_project(ws: Workspace | None, file: Any) -> tuple:
     if file is None:
         raise ValueError("choose a project .zip saved by this app")
     current = ws.load_project(Path(file if isinstance(file, str) else file.name))
-    view = ws.view("Project loaded") if current else None
+    view = ws.canvas.view("Project loaded") if current else None
     return (*image_outputs(ws, view, go_annotate=current is not None), *rounds_outputs(ws))

@@ -26,9 +26,10 @@ def restore_session(ctx: AppContext) -> Callable[[str | None], tuple]:
         view = None
         if ws.current is not None:
             n = ws.project.totals()["n_objects"]
-            view = ws.view(f"Welcome back: your session was restored ({len(ws.project.images)} "
-                           f"image(s), {n} annotated cell(s))") if restored else ws.view()
+            welcome = (f"Welcome back: your session was restored ({len(ws.project.images)} "
+                       f"image(s), {n} annotated cell(s))")
+            view = ws.canvas.view(welcome if restored else "")
         return (ws, sam_line(ctx), token, *image_outputs(ws, view, go_annotate=view is not None),
-                *rounds_outputs(ws), ws.margin, ws.viewport.zoom if ws.current else 1)
+                *rounds_outputs(ws), ws.tools.margin, ws.canvas.zoom)
 
     return handler

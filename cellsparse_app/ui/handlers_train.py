@@ -53,7 +53,7 @@ def rounds_outputs(ws: Workspace) -> tuple:
 @friendly
 def arm(ws: Workspace | None) -> tuple:
     """Train was clicked: reset the stop flag, disable Train, enable Stop."""
-    require(ws).arm_training()
+    require(ws).rounds.arm_training()
     return (gr.update(interactive=False), gr.update(interactive=True),
             fmt.progress_html(0.0, "waiting for a free training slot…", "idle"))
 
@@ -65,16 +65,17 @@ def disarm() -> tuple:
 
 @friendly
 def stop(ws: Workspace | None) -> str:
-    require(ws).request_stop()
+    require(ws).rounds.request_stop()
     return fmt.status_markdown("Stopping after the current step; the model so far is kept…")
 
 
 def train_config(
     family: str, seconds: Any, steps: Any, batch_size: Any = None, patch_size: Any = None,
-    learning_rate: Any = None, warmup_steps: Any = None, seed: Any = None,
+    learning_rate: Any = None, warmup_steps: Any = None, seed: Any = None, diameter: Any = None,
 ) -> Any:
     """A ``TrainConfig`` from the Train tab's fields: every empty field keeps its default (the
-    same ``TrainConfig()`` the CLI and API start from); exact steps win over the time budget."""
+    same ``TrainConfig()`` the CLI and API start from); exact steps win over the time budget.
+    ``diameter`` (px): the cells' size in these images; empty: measured from the annotated cells."""
     from cellsparse_app.models.base import get_family
     from cellsparse_app.train import TrainConfig
 
@@ -93,6 +94,9 @@ def train_config(
     rate = optional_float(learning_rate, "Learning rate", low=0, low_inclusive=False)
     if rate is not None:
         changes["learning_rate"] = rate
+    size = optional_float(diameter, "Cell diameter (px)", low=0, low_inclusive=False)
+    if size is not None:
+        changes["diameter"] = size
     return TrainConfig().replace(**changes)
 
 
@@ -104,7 +108,7 @@ def _buttons(training: bool) -> tuple:
 def train(
     ws: Workspace | None, family: str, start: str, seconds: Any, steps: Any,
     batch_size: Any = None, patch_size: Any = None, learning_rate: Any = None,
-    warmup_steps: Any = None, seed: Any = None,
+    warmup_steps: Any = None, seed: Any = None, diameter: Any = None,
 ) -> Generator[tuple, None, None]:
     """Run one training round. Outputs: progress bar, loss plot, rounds table, round chooser,
     Train button, Stop button.
@@ -116,7 +120,7 @@ def train(
     curve: list[tuple[int, float]] = []
     try:
         yield from _train(ws, family, start, seconds, steps, batch_size, patch_size,
-                          learning_rate, warmup_steps, seed, curve)
+                          learning_rate, warmup_steps, seed, diameter, curve)
     except Exception as exc:  # the edge of the app: every failure becomes a message
         error = to_gr_error(exc)
         yield (fmt.progress_html(None, f"not trained: {error.message} — annotations and earlier "
@@ -127,14 +131,14 @@ def train(
 
 def _train(
     ws: Workspace | None, family: str, start: str, seconds: Any, steps: Any, batch_size: Any,
-    patch_size: Any, learning_rate: Any, warmup_steps: Any, seed: Any,
+    patch_size: Any, learning_rate: Any, warmup_steps: Any, seed: Any, diameter: Any,
     curve: list[tuple[int, float]],
 ) -> Generator[tuple, None, None]:
     ws = require(ws)
     cfg = train_config(family, seconds, steps, batch_size, patch_size, learning_rate,
-                       warmup_steps, seed)
+                       warmup_steps, seed, diameter)
     budget = cfg.max_seconds
-    run = ws.train(cfg, continue_training=start == CONTINUE)
+    run = ws.rounds.train(cfg, continue_training=start == CONTINUE)
     last, waiting = 0.0, ""
     running = _buttons(True)
     yield fmt.progress_html(0.0, "preparing data…"), loss_frame(curve), gr.skip(), gr.skip(), \
@@ -183,7 +187,7 @@ def rollback(ws: Workspace | None, index: int | None) -> tuple:
     ws = require(ws)
     if index is None:
         raise ValueError("choose a round first")
-    view = ws.rollback(int(index))
+    view = ws.rounds.rollback(int(index))
     return (*rounds_outputs(ws), *canvas_outputs(view))
 
 

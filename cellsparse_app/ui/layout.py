@@ -14,10 +14,9 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from cellsparse_app.session.rounds import EXPORT_FORMATS
 from cellsparse_app.data.margins import DEFAULT_MARGIN_PX
 from cellsparse_app.predict import PredictConfig
-from cellsparse_app.session.workspace import (
+from cellsparse_app.session.sam_bridge import (
     BACKGROUND_BOX,
     BOX,
     CENTRE,
@@ -26,8 +25,8 @@ from cellsparse_app.session.workspace import (
     OUTLINE,
     POSITIVE,
     SELECT,
-    ZOOM_FACTORS,
 )
+from cellsparse_app.session.viewport import ZOOM_FACTORS
 from cellsparse_app.train import DEFAULT_SECONDS, TrainConfig
 from cellsparse_app.ui import formatting as fmt
 from cellsparse_app.ui import handlers_annotate as ann
@@ -38,6 +37,7 @@ from cellsparse_app.ui import handlers_train as trn
 from cellsparse_app.ui.choices import (
     default_device,
     describe_device,
+    export_format_choices,
     family_advice,
     family_choices,
 )
@@ -213,6 +213,10 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                 warmup = gr.Number(defaults.warmup_steps, label="Warm-up steps",
                                                    precision=0, elem_id="cs-warmup")
                                 seed = gr.Number(defaults.seed, label="Seed", precision=0)
+                                train_diameter = gr.Textbox(
+                                    "", label="Cell diameter (px)",
+                                    placeholder="empty: measured from your cells",
+                                    elem_id="cs-train-diameter")
                         gr.Markdown(describe_device(), elem_id="cs-device")
                         with gr.Row():
                             train_btn = gr.Button("Train", variant="primary", elem_id="cs-train")
@@ -275,7 +279,7 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
                                                  ("All images", "all")], value="current",
                                                 label="Images")
                         formats = gr.CheckboxGroup(
-                            [(label, key) for key, (_, label) in EXPORT_FORMATS.items()],
+                            export_format_choices(),
                             value=["tiff", "geojson", "imagej", "coco", "csv"], label="Formats",
                             elem_id="cs-formats")
                         export_btn = gr.Button("Export masks", variant="primary",
@@ -347,7 +351,8 @@ def build_demo(ctx: AppContext | None = None) -> gr.Blocks:
         # The run itself gives Train back in its last update (done, stopped or refused); the
         # trailing disarm covers a run that never started (e.g. the queue was full).
         train_btn.click(trn.arm, [state], [train_btn, stop_btn, progress]).success(
-            trn.train, [state, family, start, seconds, steps, batch, patch, lr, warmup, seed],
+            trn.train, [state, family, start, seconds, steps, batch, patch, lr, warmup, seed,
+                        train_diameter],
             [progress, loss_plot, *rounds_out, train_btn, stop_btn], show_progress="hidden",
             **gpu,
         ).then(trn.disarm, None, [train_btn, stop_btn])

@@ -7,8 +7,9 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from cellsparse_app.api import ServerSettings, create_app
-from cellsparse_app.api.errors import PayloadTooLarge, to_http
-from cellsparse_app.jobs.runner import QueueFullError
+from cellsparse_app.api.errors import NotAvailable, PayloadTooLarge, to_http
+from cellsparse_app.errors import InvalidInput, InvalidType, MissingFile, NotFound, Unavailable
+from cellsparse_app.jobs.runner import QueueFullError, ShuttingDownError
 
 TOKEN = "s3cret-token-123"
 
@@ -101,18 +102,57 @@ def test_openapi_documents_every_route(tmp_path):
 @pytest.mark.parametrize(
     "exc, status",
     [
-        (ValueError("bad"), 400), (TypeError("bad"), 400), (FileNotFoundError("gone"), 404),
-        (KeyError("no job"), 404), (QueueFullError("busy"), 429), (PayloadTooLarge("big"), 413),
-        (HTTPException(409, "x"), 409), (RuntimeError("boom"), 500),
+        (ValueError("bad"), 400), (InvalidInput("bad"), 400), (InvalidType("bad"), 400),
+        (FileNotFoundError("gone"), 404), (MissingFile("gone"), 404), (NotFound("no job"), 404),
+        (QueueFullError("busy"), 429), (PayloadTooLarge("big"), 413),
+        (NotAvailable("later"), 501), (Unavailable("no weights"), 503),
+        (ShuttingDownError("stopping"), 503), (HTTPException(409, "x"), 409),
+        (RuntimeError("boom"), 500), (KeyError("boom"), 500), (TypeError("boom"), 500),
     ],
 )
 def test_error_mapping(exc, status):
+    """The hierarchy maps to 4xx/503; a bare KeyError/TypeError is a bug: a generic 500."""
     http = to_http(exc)
     assert http.status_code == status
     if status == 500:
-        assert "boom" not in http.detail and "RuntimeError" in http.detail
-    elif isinstance(exc, KeyError):
-        assert http.detail == "no job"
+        assert "boom" not in http.detail and type(exc).__name__ in http.detail
+    elif isinstance(exc, NotFound):
+        assert http.detail == str(exc.args[0])  # not repr-quoted
+
+
+def test_a_bug_keyerror_in_a_route_is_a_500_not_a_404(tmp_path, monkeypatch):
+    """A KeyError from a bug must not read as "unknown job": the client gets a 500."""
+    settings = ServerSettings(data_dir=tmp_path, mount_ui=False)
+    with TestClient(create_app(settings)) as client:
+        runner = client.app.state.cellsparse.runner
+
+        def broken(job_id):
+            return {}["model"]  # a bug, not a missing job
+
+        monkeypatch.setattr(runner, "get", broken)
+        r = client.get("/api/v1/jobs/0123456789ab")
+        assert r.status_code == 500, r.text
+        assert "KeyError" in r.json()["detail"] and "model" not in r.json()["detail"]
+
+        def gone(job_id):
+            raise NotFound(f"no training job with id {job_id!r}")
+
+        monkeypatch.setattr(runner, "get", gone)
+        r = client.get("/api/v1/jobs/0123456789ab")
+        assert r.status_code == 404
+        assert r.json()["detail"] == "no training job with id '0123456789ab'"
+
+
+def test_not_found_from_the_core_is_a_404(tmp_path):
+    settings = ServerSettings(data_dir=tmp_path, mount_ui=False)
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/api/v1/jobs/doesnotexist")
+        assert r.status_code == 404 and r.json()["detail"] == (
+            "no training job with id 'doesnotexist'")
+        r = client.post("/api/v1/jobs/doesnotexist/cancel")
+        assert r.status_code == 404
+        r = client.get("/api/v1/models/cellpose/never/download")
+        assert r.status_code == 404 and "never" in r.json()["detail"]
 
 
 def test_live_server_ui_and_file_tree(live_server):

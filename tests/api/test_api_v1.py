@@ -103,3 +103,26 @@ def test_rest_job_waits_for_the_web_apps_training_in_the_same_process(tc_target,
         snap = client.get(f"/api/v1/jobs/{job_id}").json()
         assert snap["state"] == "queued" and snap["queue_position"] == 0
     assert _wait(client, job_id)["state"] == "done"
+
+
+def test_job_diameter_sets_the_models_scale_and_rescale_false_keeps_the_images_own(
+        tc_target, real_sample):
+    """The training diameter (issue 19) reaches the engine: cells said to be 60 px across are
+    halved to the canonical 30 px, and the model records it; ``rescale: false`` keeps scale 1."""
+    client, _ = tc_target
+    image = gray(real_sample.image).astype(np.uint8)
+    sparse = sparse_wire_labels(real_sample.mask).astype(np.int32) - 1
+    base = {"family": "cellpose", "images": [b64png(image)], "labels": [b64tiff(sparse)],
+            "label_format": "sparse", "steps": 2, "batch_size": 2, "patch_size": 64,
+            "resume": False}
+    scales = {}
+    for name, extra in {"d60": {"diameter": 60}, "own": {"diameter": 60, "rescale": False}}.items():
+        submitted = client.post("/api/v1/jobs", json={**base, "model_name": name, **extra})
+        assert submitted.status_code == 202, submitted.text
+        assert _wait(client, submitted.json()["id"])["state"] == "done"
+        model = client.get(f"/api/v1/models/cellpose/{name}").json()["config"]["model"]
+        scales[name] = (model["diameter"], model["scale"])
+    assert scales["d60"] == (60.0, 0.5)
+    assert scales["own"][1] == 1.0
+    bad = client.post("/api/v1/jobs", json={**base, "model_name": "bad", "diameter": -3})
+    assert bad.status_code == 422 and "diameter" in bad.text

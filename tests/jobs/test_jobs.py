@@ -149,7 +149,7 @@ def test_failed_job_reports_error_and_worker_survives(store):
     snap = runner.wait(runner.submit(*_data(), Cfg(steps=5), model_name="m"), timeout=10)
     assert snap.state == "failed" and snap.error == "no foreground"
     assert snap.error_type == "ValueError" and not store.exists("cellpose", "m")
-    runner._train_fn = StubTrain()
+    runner.train_fn = StubTrain()
     assert runner.wait(runner.submit(*_data(), Cfg(steps=1)), timeout=10).state == "done"
     runner.shutdown()
 

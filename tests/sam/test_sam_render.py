@@ -26,8 +26,10 @@ def test_rgb8_passes_through_and_channels_can_be_chosen(dsb_histo):
     image = next(s.image for s in dsb_histo if s.image.ndim == 3)
     assert np.array_equal(render_rgb(image), image)
     picked = render_rgb(image, RenderConfig(channels=(2, 0)))
-    assert np.all(picked[..., 2] == 0)  # two channels -> red, green
-    assert abs(np.corrcoef(picked[..., 0].ravel(), image[..., 2].ravel())[0, 1]) > 0.95
+    # Two channels -> green (the first) and magenta (the second), as the UI shows them.
+    assert np.array_equal(picked[..., 0], picked[..., 2])
+    assert abs(np.corrcoef(picked[..., 1].ravel(), image[..., 2].ravel())[0, 1]) > 0.95
+    assert abs(np.corrcoef(picked[..., 0].ravel(), image[..., 0].ravel())[0, 1]) > 0.95
     with pytest.raises(ValueError, match="not available"):
         render_rgb(image, RenderConfig(channels=(3,)))
 
@@ -58,3 +60,45 @@ def test_image_key_depends_on_content_render_and_model():
     assert image_key(image, RenderConfig(upper=99.0), "vit_t") != key
     assert image_key(image, None, "vit_b") != key
     assert image_key(image.astype(np.int32), None, "vit_t") != key
+
+
+class _RecordingEngine:
+    """Stands in for SAM's encoder: keeps every picture it is asked to embed."""
+
+    name = "recorder"
+    encoder_calls = 0
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, rgb):
+        self.seen.append(rgb.copy())
+        return object()
+
+
+def _image(n_channels: int) -> np.ndarray:
+    rng = np.random.default_rng(n_channels)
+    image = rng.gamma(2.0, 300.0, (48, 40, n_channels)).astype(np.uint16)
+    image[..., -1] //= 3  # channels of different brightness
+    return image[..., 0] if n_channels == 1 else image
+
+
+@pytest.mark.parametrize("n_channels", [1, 2, 3])
+@pytest.mark.parametrize("lower, upper", [(1.0, 99.8), (5.0, 90.0)])
+def test_sam_receives_the_picture_the_ui_shows(n_channels, lower, upper):
+    """One image-to-RGB path: what the UI displays is what SAM embeds, whether SAM gets the UI's
+    display (web app) or the raw image with the same settings (REST API, CLI)."""
+    from cellsparse_app.data.images import ImageConfig
+    from cellsparse_app.sam import SamAnnotator
+    from cellsparse_app.session.overlays import to_display
+
+    image = _image(n_channels)
+    display = to_display(image, ImageConfig(lower=lower, upper=upper))
+    assert display.shape == (48, 40, 3) and display.dtype == np.uint8
+    engine = _RecordingEngine()
+    annotator = SamAnnotator.from_engine(engine)
+    annotator.set_image(display)  # the web app sends its display
+    annotator.set_image(image, RenderConfig(lower=lower, upper=upper))  # API / CLI: raw pixels
+    ui_seen, api_seen = engine.seen
+    assert np.array_equal(ui_seen, display)
+    assert np.array_equal(api_seen, display)

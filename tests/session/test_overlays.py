@@ -16,6 +16,11 @@ def sample(dsb_fluo):
     return dsb_fluo[3]
 
 
+def out_of(channel: np.ndarray) -> np.ndarray:
+    """One channel as the display stretches it (grey)."""
+    return overlays.to_display(channel)[..., 0]
+
+
 def test_display_stretches_contrast_and_handles_channels(sample):
     dim = (sample.image // 4).astype(np.uint8)  # a dim image still fills 0..255
     out = overlays.to_display(dim)
@@ -25,6 +30,7 @@ def test_display_stretches_contrast_and_handles_channels(sample):
     two = np.stack([sample.image, 255 - sample.image], -1)
     g = overlays.to_display(two)
     assert (g[..., 0] == g[..., 2]).all() and not (g[..., 0] == g[..., 1]).all()  # green/magenta
+    assert np.array_equal(g[..., 1], out_of(sample.image))  # channel 0 is the green one
     five = np.stack([sample.image.astype(np.uint16) * k for k in range(1, 6)], -1)
     one = overlays.to_display(five, ImageConfig(channels=(4,)))
     assert (one[..., 0] == one[..., 2]).all()
@@ -111,3 +117,22 @@ def test_polyline_and_boxes_outside_the_image_are_clipped():
     assert line[2, :6].all() and line[2:, 5].all() and line.sum() == 6 + 7
     assert not overlays.box_mask((10, 10), (-8, -8, -2, -2)).any()  # entirely above/left
     assert overlays.box_mask((10, 10), (-3, -3, 1, 1)).sum() == 4
+
+
+@pytest.mark.parametrize("n_channels", [1, 2, 3])
+def test_display_is_the_one_image_to_rgb_path(sample, n_channels):
+    """The canvas and SAM's renderer draw an image the same way (``data.display.to_rgb``); an
+    8-bit RGB picture is stretched for the canvas, passed through as it is only when asked."""
+    from cellsparse_app.data.display import to_rgb
+    from cellsparse_app.sam import RenderConfig, render_rgb
+
+    base = sample.image.astype(np.uint16) * 40
+    image = base if n_channels == 1 else np.stack([base // (k + 1) for k in range(n_channels)], -1)
+    cfg = ImageConfig(lower=2.0, upper=99.0)
+    shown = overlays.to_display(image, cfg)
+    assert np.array_equal(shown, to_rgb(image, cfg))
+    assert np.array_equal(shown, render_rgb(image, RenderConfig(lower=2.0, upper=99.0)))
+    assert np.array_equal(render_rgb(shown), shown)  # the UI sends its display: kept as it is
+    rgb8 = np.stack([sample.image // 2] * 3, -1).astype(np.uint8)
+    assert np.array_equal(to_rgb(rgb8, keep_rgb8=True), rgb8)
+    assert overlays.to_display(rgb8).max() == 255  # the canvas stretches a dim RGB picture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cellsparse_app.session import overlays
-from cellsparse_app.session.workspace import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
+from cellsparse_app.session.sam_bridge import BACKGROUND_BOX, BOX, NEGATIVE, POSITIVE, SELECT
 from cellsparse_app.ui import handlers_annotate as ann
 
 CANVAS, STATUS, SUMMARY, CELLS = range(4)
@@ -31,7 +31,7 @@ def test_click_previews_then_accept_adds_the_nucleus(example_ws, example_truth, 
     for k, obj in enumerate(objects, start=1):
         out = _click(ws, POSITIVE, inner_point(example_truth, obj), click_at)
         assert "mask:" in out[STATUS]
-        preview = ws.prompts.preview
+        preview = ws.canvas.prompts.preview
         canvas = pixels(out[CANVAS])
         yellowish = (canvas[..., 0] > 150) & (canvas[..., 1] > 150) & (canvas[..., 2] < 120)
         assert yellowish[preview].mean() > 0.5  # the preview is drawn where the mask is
@@ -46,24 +46,24 @@ def test_negative_point_and_box_prompts(example_ws, example_truth, inner_point, 
     ws = example_ws
     r, c = inner_point(example_truth, 8)
     _click(ws, POSITIVE, (r, c), click_at)
-    first = ws.prompts.preview.copy()
+    first = ws.canvas.prompts.preview.copy()
     _click(ws, NEGATIVE, (r, c), click_at)  # "not this" at the same spot shrinks the mask
-    assert ws.prompts.labels == [1, 0]
-    assert ws.prompts.preview.sum() < first.sum() or not ws.prompts.preview[r, c]
+    assert ws.canvas.prompts.labels == [1, 0]
+    assert ws.canvas.prompts.preview.sum() < first.sum() or not ws.canvas.prompts.preview[r, c]
     ann.clear_prompts(ws)
     rows, cols = np.nonzero(example_truth == 8)
     out = _click(ws, BOX, (rows.min() - 3, cols.min() - 3), click_at)
-    assert "opposite corner" in out[STATUS] and ws.prompts.preview is None
+    assert "opposite corner" in out[STATUS] and ws.canvas.prompts.preview is None
     _click(ws, BOX, (rows.max() + 3, cols.max() + 3), click_at)
-    box = overlays.box_mask(example_truth.shape, ws.prompts.box)
-    assert ws.prompts.preview.any() and not (ws.prompts.preview & ~box).any()
-    assert _iou(ws.prompts.preview, example_truth == 8) >= 0.5
+    box = overlays.box_mask(example_truth.shape, ws.canvas.prompts.box)
+    assert ws.canvas.prompts.preview.any() and not (ws.canvas.prompts.preview & ~box).any()
+    assert _iou(ws.canvas.prompts.preview, example_truth == 8) >= 0.5
 
 
 def test_background_box_select_delete_undo(example_ws, example_truth, inner_point, click_at,
                                            pixels):
     ws = example_ws
-    ws.set_margin(0)  # only the box marks Background here (tests/ui/test_ui_margin.py: the ring)
+    ws.tools.set_margin(0)  # only the box marks Background here (test_ui_margin.py: the ring)
     _click(ws, POSITIVE, inner_point(example_truth, 8), click_at)
     ann.accept_foreground(ws)
     _click(ws, BACKGROUND_BOX, (0, 0), click_at)
@@ -85,7 +85,7 @@ def test_background_box_select_delete_undo(example_ws, example_truth, inner_poin
     # The cells table selects too.
     out = ann.select_cell_row(ws, gr.SelectData(None, {"index": [0, 0], "value": 1,
                                                        "row_value": [1, 100, 5, 5]}))
-    assert ws.selected == ("cell", 1)
+    assert ws.canvas.selected == ("cell", 1)
 
 
 def test_brush_background_and_erase(example_ws):
@@ -105,11 +105,11 @@ def test_auto_masks_candidates_can_be_picked(example_ws, example_truth):
     ws = example_ws
     out = ann.auto_masks(ws)
     assert "candidate masks" in out[STATUS]
-    n = len(np.unique(ws.candidates)) - 1
+    n = len(np.unique(ws.canvas.candidates)) - 1
     assert n >= 5  # finds many of the 23 nuclei
     out = ann.accept_all_candidates(ws)
     assert out[SUMMARY].startswith(f"**{n}** Foreground cells")
-    assert ws.candidates is None
+    assert ws.canvas.candidates is None
 
 
 def test_mistakes_are_explained_not_crashing(example_ws):

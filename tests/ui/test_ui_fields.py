@@ -17,7 +17,8 @@ from cellsparse_app.ui import handlers_train as trn
 from cellsparse_app.ui.context import AppContext, AppSettings
 from cellsparse_app.ui.fields import optional_float, optional_int
 
-TRAIN_FIELDS = ("cs-seconds", "cs-steps", "cs-batch", "cs-patch", "cs-lr", "cs-warmup")
+TRAIN_FIELDS = ("cs-seconds", "cs-steps", "cs-batch", "cs-patch", "cs-lr", "cs-warmup",
+                "cs-train-diameter")
 PREDICT_FIELDS = ("cs-prob", "cs-min-size", "cs-flow-threshold", "cs-diameter")
 
 
@@ -34,7 +35,8 @@ def defaults(tmp_path_factory):
 
 
 def test_optional_fields_start_empty_not_zero(defaults):
-    for key in ("cs-steps", "cs-lr", "cs-prob", "cs-flow-threshold", "cs-diameter"):
+    for key in ("cs-steps", "cs-lr", "cs-prob", "cs-flow-threshold", "cs-diameter",
+                "cs-train-diameter"):
         assert defaults[key] == "", key  # gr.Number(None) would show and send 0
 
 
@@ -44,7 +46,8 @@ def test_untouched_train_tab_trains_with_the_engine_defaults(defaults):
 
     d = defaults
     cfg = trn.train_config("cellpose", d["cs-seconds"], d["cs-steps"], d["cs-batch"],
-                           d["cs-patch"], d["cs-lr"], d["cs-warmup"], d["seed"])
+                           d["cs-patch"], d["cs-lr"], d["cs-warmup"], d["seed"],
+                           d["cs-train-diameter"])
     device = default_device()
     assert cfg == TrainConfig(max_seconds=DEFAULT_SECONDS[device])
     assert cfg.budget(device) == TrainConfig().budget(device)

@@ -107,7 +107,8 @@ def test_handlers_before_the_session_exists_explain():
 
 
 def test_core_never_imports_gradio():
-    code = ("import sys, cellsparse_app.session.workspace, cellsparse_app.storage.project, cellsparse_app.session.rounds, "
+    code = ("import sys, cellsparse_app.session.workspace, cellsparse_app.storage.project, "
+            "cellsparse_app.session.rounds, cellsparse_app.session.results, "
             "cellsparse_app.session.overlays; print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -128,9 +129,9 @@ def test_opening_a_project_while_auto_mask_candidates_are_shown(ctx, ws, tmp_pat
     saved = res.save_project(other)
     img.load_example(ctx)(ws)
     ann.auto_masks(ws)
-    assert ws.candidates is not None and ws.candidates.shape == (360, 360)
+    assert ws.canvas.candidates is not None and ws.canvas.candidates.shape == (360, 360)
     out = res.load_project(ws, saved)
-    assert ws.candidates is None
+    assert ws.canvas.candidates is None
     assert pixels(out[CANVAS]).shape[:2] == (488, 256)
     ann.show_prediction(ws, True)  # any later view works too
     other.close()

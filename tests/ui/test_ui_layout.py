@@ -114,3 +114,11 @@ def test_family_menu_says_when_to_pick_each_family(demo):
         family = get_family(name)
         assert len(family.advice) > 20, name  # every family states its use, for the menu
         assert f"{family.title} — {family.advice}." in menu.info
+
+
+def test_every_export_format_has_a_menu_label():
+    from cellsparse_app.session.results import EXPORT_SUFFIXES
+    from cellsparse_app.ui.choices import EXPORT_FORMAT_LABELS, export_format_choices
+
+    assert set(EXPORT_FORMAT_LABELS) == set(EXPORT_SUFFIXES)
+    assert [key for _, key in export_format_choices()] == list(EXPORT_SUFFIXES)

@@ -22,7 +22,7 @@ def test_reload_restores_images_annotations_and_current_image(ctx, tmp_path):
     mask[10:20, 10:20] = True
     ws.project.editor(ws.current).add_foreground(mask)
     ws.project.edited(ws.current)
-    ws.set_margin(6)
+    ws.tools.set_margin(6)
     ctx.release_workspace(ws)  # the page is reloaded: Gradio drops the old session
 
     again = ses.restore_session(ctx)(token)
@@ -32,7 +32,7 @@ def test_reload_restores_images_annotations_and_current_image(ctx, tmp_path):
     assert (restored.project.labels(ws.current) == 1).sum() == 100
     assert "Welcome back" in again[STATUS] and "1 annotated cell" in again[STATUS]
     assert again[DROPDOWN]["value"] == ws.current
-    assert restored.margin == 6 and again[-2:] == (6, 1)  # margin slider and zoom follow
+    assert restored.tools.margin == 6 and again[-2:] == (6, 1)  # margin slider and zoom follow
 
     # Another server process (same session root) restores it from disk alone.
     other = AppContext(AppSettings(session_root=ctx.settings.session_root, sam_model="fallback"))

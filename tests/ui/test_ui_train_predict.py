@@ -119,11 +119,11 @@ def test_exports_are_readable_and_agree(trained, tmp_path):
     ann = tifffile.imread(sparse[0])
     assert ann.dtype == np.int32 and ann.min() == -1 and ann.max() == 5
     # Every format ticked: all that apply are written, the sparse TIFF is skipped with why.
-    from cellsparse_app.session.rounds import EXPORT_FORMATS
+    from cellsparse_app.session.results import EXPORT_SUFFIXES
 
-    with pytest.warns(UserWarning, match="Skipped: Sparse annotation TIFF.*only for 'My annot"):
-        every = res.export(ws, "prediction", "current", list(EXPORT_FORMATS))
-    assert len(every) == len(EXPORT_FORMATS) - 1
+    with pytest.warns(UserWarning, match="Skipped: Sparse annotation TIFF.*only for annotations"):
+        every = res.export(ws, "prediction", "current", list(EXPORT_SUFFIXES))
+    assert len(every) == len(EXPORT_SUFFIXES) - 1
     with pytest.raises(gr.Error, match="nothing exported: Sparse annotation TIFF"):
         res.export(ws, "prediction", "current", ["sparse"])
     with pytest.raises(gr.Error, match="choose export formats"):
@@ -161,7 +161,7 @@ def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
 
 def test_stop_keeps_the_model_and_continue_and_rollback(trained):
     ws, _, _ = trained
-    ws.arm_training()
+    ws.rounds.arm_training()
     run = trn.train(ws, "cellpose", trn.CONTINUE, 120, None, **FAST)
     outputs = [next(run), next(run)]  # "preparing data", then the first report (step 10)
     trn.stop(ws)  # Stop pressed while it runs: it ends after its current step
@@ -185,7 +185,7 @@ def test_closing_the_page_mid_run_still_saves_the_model(trained):
     its model becomes a round (nothing lost)."""
     ws, _, _ = trained
     before = [r.index for r in ws.project.rounds]
-    ws.arm_training()
+    ws.rounds.arm_training()
     run = trn.train(ws, "cellpose", trn.SCRATCH, 120, None, **FAST)
     next(run), next(run)  # preparing, first progress report
     run.close()
@@ -213,7 +213,7 @@ def test_train_errors_are_readable(ws, ctx):
 def test_stop_before_start_changes_nothing(ws, ctx, example_truth):
     img.load_example(ctx)(ws)
     _annotate_from_truth(ws, example_truth, ids=(1, 2))
-    ws.arm_training()
+    ws.rounds.arm_training()
     trn.stop(ws)  # pressed while the run still waits in the queue
     _, last = _run(trn.train(ws, "cellpose", trn.SCRATCH, 30, None, **FAST))
     assert "Stopped before the first step" in last[PROGRESS]
@@ -230,7 +230,7 @@ def test_a_run_waits_for_the_training_slot_shows_its_place_and_stop_leaves(ws, c
     _annotate_from_truth(ws, example_truth, ids=(1, 2))
     with process_slot().enter("REST job (test)") as rest_job:
         assert rest_job.wait(5)
-        ws.arm_training()
+        ws.rounds.arm_training()
         run = trn.train(ws, "cellpose", trn.SCRATCH, 30, None, **FAST)
         updates = [next(run) for _ in range(2)]
         assert "preparing data" in updates[0][PROGRESS]
@@ -275,3 +275,8 @@ def test_train_settings_are_parsed_and_checked():
         trn.train_config("cellpose", 90, None, learning_rate="fast")
     with pytest.raises(ValueError, match="unknown model family 'nope'"):
         trn.train_config("nope", 90, 10)
+    # The cells' diameter (issue 19): empty = measured; a number reaches the engine.
+    assert trn.train_config("cellpose", 90, None, diameter="").diameter is None
+    assert trn.train_config("cellpose", 90, None, diameter="48").diameter == 48.0
+    with pytest.raises(ValueError, match="Cell diameter"):
+        trn.train_config("cellpose", 90, None, diameter="-5")
