@@ -198,8 +198,8 @@ def run(settings: BenchSettings, log=print) -> dict[str, Any]:
     """Run the whole grid; returns ``{"settings", "rows", "reference"}`` (JSON-serialisable)."""
     from bench.datasets import load_dataset
     from cellsparse_app.data.images import ImageConfig
-    from cellsparse_app.predict import PredictConfig
     from cellsparse_app.data.stains import suggest_stain
+    from cellsparse_app.predict import PredictConfig
     from cellsparse_app.train import TrainConfig
 
     check_families(settings.families)

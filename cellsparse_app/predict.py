@@ -20,16 +20,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cellsparse_app.runtime import device as devices
-from cellsparse_app.json_config import JsonConfig
 from cellsparse_app.data.images import validate_image
-from cellsparse_app.models.trained import TrainedModel
 from cellsparse_app.data.object_scale import (
     prediction_scale,
     rescale_image,
     resize_labels,
     resize_output,
 )
+from cellsparse_app.json_config import JsonConfig
+from cellsparse_app.models.trained import TrainedModel
+from cellsparse_app.runtime import device as devices
 
 logger = logging.getLogger(__name__)
 

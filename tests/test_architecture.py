@@ -7,10 +7,9 @@ that only run inside a function.
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
-import pytest
+import tomllib
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cellsparse_app"
 #: The front ends: thin adapters that format inputs and outputs for people and programs.

@@ -7,7 +7,7 @@ and ``/sam/weights/cancel/`` answer plain text. Differences, on purpose: ``check
 registered URLs must pass the SAM engine's allowlist (samapi fetched any URL), a missing or bad
 image is a 4xx, and requests are computed in worker threads so other users stay served; a
 SAM type whose weights or package are missing answers 503 with the reason instead of silently
-using the classical fallback (see :mod:`cellsparse_app.api.sam_bridge`); samapi's SAM2/SAM3 and
+using the classical fallback (see :mod:`cellsparse_app.api.samapi`); samapi's SAM2/SAM3 and
 video routes answer 503 with the reason; empty masks are left out of the Features; a failed
 weights registration answers 200 with ``Registration failed: <reason>`` (the QuPath extension
 shows only 200 bodies) and the ``X-Registration-Failed`` header.
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cellsparse_app.api import codec
 from cellsparse_app.api.errors import ERROR_RESPONSES, core_errors
-from cellsparse_app.api.sam_bridge import unavailable_type_message
+from cellsparse_app.api.samapi import unavailable_type_message
 from cellsparse_app.api.state import AppState, get_state
 
 logger = logging.getLogger(__name__)

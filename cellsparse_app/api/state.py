@@ -16,11 +16,11 @@ from fastapi import Request
 from cellsparse_app.api.errors import NotAvailable
 from cellsparse_app.api.settings import ServerSettings
 from cellsparse_app.jobs.runner import JobRunner
-from cellsparse_app.storage.model_store import ModelStore
 from cellsparse_app.jobs.slot import process_slot
+from cellsparse_app.storage.model_store import ModelStore
 
 if TYPE_CHECKING:
-    from cellsparse_app.api.sam_bridge import SamService
+    from cellsparse_app.api.samapi import SamService
     from cellsparse_app.models.trained import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class AppState:
         """The SAM service, created on first use (imports the SAM engine lazily)."""
         with self._sam_lock:
             if self._sam is None:
-                from cellsparse_app.api.sam_bridge import SamService
+                from cellsparse_app.api.samapi import SamService
 
                 self._sam = SamService(self.settings)
             return self._sam

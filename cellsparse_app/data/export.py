@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsparse_app.data.labels import to_instances, validate_labels
-from cellsparse_app.storage.model_zip import unzip_model, zip_model
 from cellsparse_app.data.polygons import mask_to_polygons
 
 logger = logging.getLogger(__name__)
@@ -34,8 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "labels_to_polygons", "labels_to_geojson_features", "masks_to_features", "write_label_tiff",
     "write_geojson", "write_imagej_rois", "coco_annotations", "write_coco", "rle_encode",
-    "rle_decode", "measure_objects", "measure_objects_rows", "zip_model",
-    "unzip_model",
+    "rle_decode", "measure_objects", "measure_objects_rows",
 ]
 
 

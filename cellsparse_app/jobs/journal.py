@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from cellsparse_app.storage.atomic_files import TMP_SUFFIX, write_atomic
 from cellsparse_app.jobs.records import (
     CANCELLED,
     FINISHED_STATES,
@@ -30,6 +29,7 @@ from cellsparse_app.jobs.records import (
     RUNNING,
     JobRecord,
 )
+from cellsparse_app.storage.atomic_files import TMP_SUFFIX, write_atomic
 
 logger = logging.getLogger(__name__)
 

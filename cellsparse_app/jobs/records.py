@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from cellsparse_app.jobs.slot import Ticket
     from cellsparse_app.models.trained import TrainedModel
     from cellsparse_app.train import TrainConfig
-    from cellsparse_app.jobs.slot import Ticket
 
 QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
 #: A job that was running when the server stopped (shutdown or crash); it can be resumed.

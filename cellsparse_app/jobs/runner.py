@@ -41,7 +41,6 @@ from cellsparse_app.errors import InvalidInput, MissingFile, QueueFull, Unavaila
 from cellsparse_app.jobs.book import JobBook
 from cellsparse_app.jobs.records import (
     CANCELLED,
-    DONE,
     FAILED,
     FINISHED_STATES,
     INTERRUPTED,
@@ -60,10 +59,7 @@ if TYPE_CHECKING:
     from cellsparse_app.storage.model_store import ModelStore
     from cellsparse_app.train import TrainConfig
 
-__all__ = [
-    "CANCELLED", "DONE", "FAILED", "FINISHED_STATES", "INTERRUPTED", "QUEUED", "RUNNING",
-    "JobRunner", "JobSnapshot", "QueueFullError", "ShuttingDownError", "check_training_data",
-]
+__all__ = ["JobRunner", "QueueFullError", "ShuttingDownError"]
 
 logger = logging.getLogger(__name__)
 

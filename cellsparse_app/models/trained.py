@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from cellsparse_app.storage.atomic_files import write_atomic
 from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.models.base import ModelConfig, ModelFamily, get_family
+from cellsparse_app.storage.atomic_files import write_atomic
 
 logger = logging.getLogger(__name__)
 

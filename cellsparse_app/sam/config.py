@@ -22,8 +22,8 @@ import logging
 from typing import Mapping
 
 from cellsparse_app.json_config import JsonConfig
-from cellsparse_app.settings import from_environment
 from cellsparse_app.sam.input_side import STANDARD_SIDE, check_encoder_side
+from cellsparse_app.settings import from_environment
 
 logger = logging.getLogger(__name__)
 

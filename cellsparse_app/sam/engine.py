@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from cellsparse_app.runtime.threads import machine_is_busy, omp_threads
 from cellsparse_app.sam import fast_decoder
 from cellsparse_app.sam.config import SamConfig
 from cellsparse_app.sam.input_side import STANDARD_SIDE, with_encoder_side
 from cellsparse_app.sam.prompts import Prompt
 from cellsparse_app.sam.registry import BackendSpec, build_network, get_backend, load_weights
 from cellsparse_app.sam.results import select_masks
-from cellsparse_app.runtime.threads import machine_is_busy, omp_threads
 from cellsparse_app.sam.weights import WeightsManager
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from cellsparse_app.sam.checkpoints import (
     default_cache_dir,
     new_spec,
     read_registry,
-    urlpath,
     write_registry,
 )
 from cellsparse_app.sam.download import (
@@ -36,10 +35,7 @@ from cellsparse_app.sam.download import (
     file_sha256,
 )
 
-__all__ = [
-    "CACHE_ENV", "OFFICIAL_WEIGHTS", "DownloadStatus", "WeightSpec", "WeightsManager",
-    "WeightsUnavailableError", "default_cache_dir", "urlpath",
-]
+__all__ = ["DownloadStatus", "WeightsManager", "WeightsUnavailableError"]
 
 logger = logging.getLogger(__name__)
 

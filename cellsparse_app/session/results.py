@@ -258,7 +258,7 @@ def _write_format(fmt: str, path: Path, labels: np.ndarray, project: Project,
 
 def export_model(project: Project, dest: Path) -> Path:
     """The active round's model directory as a zip the CLI and API can load."""
-    from cellsparse_app.data.export import zip_model
+    from cellsparse_app.storage.model_zip import zip_model
 
     rec = project.round()
     dest.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cellsparse_app.storage.atomic_files import write_text_atomic
 from cellsparse_app.data.images import ImageConfig
+from cellsparse_app.storage.atomic_files import write_text_atomic
 
 FORMAT_VERSION = 1
 

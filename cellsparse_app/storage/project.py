@@ -27,9 +27,9 @@ import numpy as np
 import tifffile
 
 from cellsparse_app.data.annotations import LabelEditor
-from cellsparse_app.storage.archive import ExtractLimits, safe_extract, zip_directory
 from cellsparse_app.data.images import ImageConfig, validate_image
 from cellsparse_app.data.labels import from_dense, validate_labels
+from cellsparse_app.storage.archive import ExtractLimits, safe_extract, zip_directory
 from cellsparse_app.storage.manifest import (
     ImageRecord,
     Manifest,

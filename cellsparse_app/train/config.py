@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 from cellsparse_app.json_config import JsonConfig
 from cellsparse_app.runtime.device import DEVICES, PRECISIONS
-from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from cellsparse_app.runtime import device as devices
 from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.models.base import ModelConfig, get_family
 from cellsparse_app.models.trained import TrainedModel
+from cellsparse_app.runtime import device as devices
 from cellsparse_app.runtime.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
 from cellsparse_app.train.calibration import calibrate_config

@@ -13,8 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
+from cellsparse_app.data.object_scale import (
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    scale_for,
+)
 from cellsparse_app.models.base import ModelConfig
-from cellsparse_app.data.object_scale import median_diameter, rescale_image, rescale_labels, scale_for
 
 logger = logging.getLogger(__name__)
 

@@ -158,7 +158,6 @@ def test_not_found_from_the_core_is_a_404(tmp_path):
 def test_live_server_ui_and_file_tree(live_server):
     """`cellsparse serve` binds 127.0.0.1, mounts the UI, and writes nothing in $HOME."""
     import httpx
-
     from api_helpers import tree
 
     assert live_server.url.startswith("http://127.0.0.1:")

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cellsparse_app.api import ServerSettings, create_app
-from cellsparse_app.api.sam_bridge import SamService
+from cellsparse_app.api.samapi import SamService
 from cellsparse_app.sam import DownloadPolicy
 
 PAYLOAD = b"not really weights, but bytes to download" * 100

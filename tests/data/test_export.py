@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import roifile
 import tifffile
+from zip_helpers import make_zip
 
 from cellsparse_app.data.export import (
     coco_annotations,
@@ -21,15 +22,13 @@ from cellsparse_app.data.export import (
     measure_objects_rows,
     rle_decode,
     rle_encode,
-    unzip_model,
     write_coco,
     write_geojson,
     write_imagej_rois,
     write_label_tiff,
-    zip_model,
 )
 from cellsparse_app.data.polygons import mask_to_polygons, polygon_to_mask
-from zip_helpers import make_zip
+from cellsparse_app.storage.model_zip import unzip_model, zip_model
 
 
 def _iou(a, b):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellsparse_app.jobs.runner import JobRunner, QueueFullError, check_training_data
+from cellsparse_app.jobs.records import check_training_data
+from cellsparse_app.jobs.runner import JobRunner, QueueFullError
 from cellsparse_app.storage.model_store import ModelStore
 
 
@@ -391,8 +392,8 @@ def _until(condition, timeout=10.0):
 
 def test_rest_jobs_and_web_rounds_take_turns_and_report_positions(store, tmp_path, monkeypatch):
     from cellsparse_app import train
-    from cellsparse_app.session import rounds as hitl
     from cellsparse_app.jobs.slot import TrainingSlot
+    from cellsparse_app.session import rounds as hitl
 
     slot, meter, web_gate, calls = TrainingSlot(), Meter(), threading.Event(), []
     web_gate.set()
@@ -437,8 +438,8 @@ def _consume(gen, items):
 
 def test_stop_while_waiting_leaves_the_queue_without_training(store, tmp_path, monkeypatch):
     from cellsparse_app import train
-    from cellsparse_app.session import rounds as hitl
     from cellsparse_app.jobs.slot import TrainingSlot
+    from cellsparse_app.session import rounds as hitl
 
     slot, meter, calls = TrainingSlot(), Meter(), []
     monkeypatch.setattr(train, "train_iter", _metered_train_iter(meter, threading.Event(), calls))

@@ -10,6 +10,7 @@ from family_checks import check_saved_model, cli_round_trip
 from cellsparse_app.data.labels import select_sparse
 from cellsparse_app.data.metrics import average_precision
 from cellsparse_app.models import get_family, list_families
+from cellsparse_app.models.common import instance_edt, normalised_edt
 from cellsparse_app.models.star_geometry import (
     UNKNOWN_DISTANCE,
     _Fans,
@@ -18,7 +19,6 @@ from cellsparse_app.models.star_geometry import (
     polygons_to_labels,
     star_distances,
 )
-from cellsparse_app.models.common import instance_edt, normalised_edt
 from cellsparse_app.models.stardist import StarDistConfig
 
 FAMILY = get_family("stardist")

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from cellsparse_app.sam import SamConfig
 from cellsparse_app.runtime.threads import _libgomp, machine_is_busy, omp_threads
+from cellsparse_app.sam import SamConfig
 
 
 def test_limit_applies_to_the_calling_thread_only():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sam_test_server import PAYLOAD, SHA
 
 from cellsparse_app.sam.download import (
     DownloadCancelled,
@@ -10,8 +11,6 @@ from cellsparse_app.sam.download import (
     DownloadPolicy,
     download,
 )
-
-from sam_test_server import PAYLOAD, SHA
 
 LOCAL = DownloadPolicy.local_testing()
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from session_images import CENTRES, synthetic_image
 
 from cellsparse_app.session.results import EXPORT_SUFFIXES, NothingExported, Skipped
 from cellsparse_app.session.rounds import Rounds
 from cellsparse_app.session.workspace import Workspace
 from cellsparse_app.train import TrainConfig
-from tests.session.test_workspace import CENTRES, synthetic_image
 
 #: A few fixed steps on tiny patches: seconds on 2 CPU cores (the model is not meant to be good).
 CFG = TrainConfig(family="cellpose", steps=3, batch_size=2, patch_size=32, warmup_steps=1,

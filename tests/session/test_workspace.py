@@ -5,33 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from session_images import CENTRES, SHAPE, disk, synthetic_image
 
 from cellsparse_app.session.canvas import CanvasView
 from cellsparse_app.session.sam_bridge import BACKGROUND_BOX, ERASE, OUTLINE, SELECT
 from cellsparse_app.session.workspace import Workspace
 
-SHAPE = (96, 96)
-CENTRES = ((24, 24), (24, 70), (70, 46))
-RADIUS = 9
-
-
-def _disk(centre: tuple[int, int], radius: int = RADIUS) -> np.ndarray:
-    rows, cols = np.ogrid[: SHAPE[0], : SHAPE[1]]
-    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
-
 
 def _square(centre: tuple[int, int], half: int = 6) -> list[tuple[float, float]]:
     r, c = centre
     return [(r - half, c - half), (r - half, c + half), (r + half, c + half), (r + half, c - half)]
-
-
-def synthetic_image() -> np.ndarray:
-    """Three bright disks on a dark, slightly noisy background (uint8)."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(30, 5, SHAPE)
-    for centre in CENTRES:
-        image[_disk(centre)] = 200
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture
@@ -66,7 +49,7 @@ def test_outline_clicks_brush_background_erase_and_undo(ws):
     cell = ws.project.labels(ws.current) == 1
     assert cell.sum() > 50 and (ws.project.labels(ws.current) == 0).sum() == 0  # margin off
 
-    ws.tools.paint(_disk(CENTRES[2]), "foreground")  # the brush: one filled cell
+    ws.tools.paint(disk(CENTRES[2]), "foreground")  # the brush: one filled cell
     assert ws.project.editor(ws.current).summary().n_objects == 2
     strip = np.zeros(SHAPE, bool)
     strip[:, :6] = True
@@ -97,7 +80,7 @@ def test_select_delete_and_refusals_name_the_problem(ws):
     with pytest.raises(ValueError, match="'wave'"):
         ws.tools.click(row=1, col=1, mode="wave")
     with pytest.raises(ValueError, match="'glitter'"):
-        ws.tools.paint(_disk(CENTRES[1]), "glitter")
+        ws.tools.paint(disk(CENTRES[1]), "glitter")
     with pytest.raises(RuntimeError, match="no SAM engine"):
         ws.tools.prepare_sam()
 

@@ -8,9 +8,9 @@ import zipfile
 from pathlib import PurePosixPath
 
 import pytest
+from zip_helpers import make_zip
 
 from cellsparse_app.storage.archive import ExtractLimits, safe_extract, zip_directory
-from zip_helpers import make_zip
 
 
 def test_round_trip(tmp_path):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from cellsparse_app.models.cellpose import CellposeConfig
-from cellsparse_app.train import TrainConfig, train
-from cellsparse_app.train import calibration
+from cellsparse_app.train import TrainConfig, calibration, train
 from cellsparse_app.train.calibration import annotated_crops
 
 

@@ -131,8 +131,8 @@ def test_exports_are_readable_and_agree(trained, tmp_path):
 
 
 def test_model_zip_loads_and_predicts_the_same(trained, tmp_path):
-    from cellsparse_app.data.export import unzip_model
     from cellsparse_app.predict import predict_instances
+    from cellsparse_app.storage.model_zip import unzip_model
     from cellsparse_app.train import TrainedModel
 
     ws, _, _ = trained

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellsparse_app.data.labels import from_dense, select_sparse
+from cellsparse_app.data.labels import select_sparse
 from cellsparse_app.models.cellpose import CellposeConfig, flow_targets
 from cellsparse_app.train import TrainConfig, TrainedModel, TrainProgress, train, train_iter
 from cellsparse_app.train.augment import Source, Transform, random_transform, warp_patches
@@ -249,7 +249,6 @@ def test_short_training_on_real_nuclei_generalises(dsb_fluo):
     cells + background) segments 6 other DSB images with AP@0.5 >= 0.5 (the full default budget
     gives ~0.8). Steps, not seconds, so the outcome does not depend on the machine's load."""
     from bench.conditions import split_samples
-
     from cellsparse_app.data.metrics import evaluate_many
     from cellsparse_app.predict import predict_instances
 
