@@ -129,7 +129,8 @@ def _ui_context(state: AppState) -> tuple[Any, ...]:
         return ()
     # A UI without ``session_root`` gets its defaults, as without a context.
     ui_settings = config_from_values(
-        AppSettings, {"session_root": state.settings.data_dir / "sessions"}, ignore_unknown=True)
+        AppSettings, {"session_root": state.settings.data_dir / "sessions",
+                      "weights_dir": state.settings.weights_dir}, ignore_unknown=True)
     return (AppContext(ui_settings),)
 
 
@@ -171,9 +172,7 @@ def point_process_files_at(settings: ServerSettings) -> None:
     The only place the server sets environment variables: libraries we do not control (the
     ``tempfile`` module, gradio, torch inductor, ONNX Runtime and matplotlib through XDG) pick
     their folders from them, so they must be set before those are imported. Our own code gets
-    its folders from :class:`ServerSettings`, except the mounted web app's SAM annotator, which
-    builds its config from the environment (:meth:`cellsparse_app.sam.SamConfig.from_env`):
-    ``CELLSPARSE_CACHE_DIR`` makes it share the API's weights cache.
+    its folders from :class:`ServerSettings` (the mounted web app its weights cache too).
     """
     tmp = settings.data_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -181,7 +180,6 @@ def point_process_files_at(settings: ServerSettings) -> None:
     tempfile.tempdir = None  # recomputed from TMPDIR on next use
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp / "torchinductor"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
-    os.environ.setdefault("CELLSPARSE_CACHE_DIR", str(settings.weights_dir))
     os.environ.setdefault("XDG_CACHE_HOME", str(tmp / "cache"))
 
 

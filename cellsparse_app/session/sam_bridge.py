@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,12 +36,14 @@ class Prompts:
     score: float | None = None
 
 
-def create_annotator(model_type: str) -> Any:
+def create_annotator(model_type: str, *, weights_dir: str | Path | None = None) -> Any:
     """The shared ``SamAnnotator`` for ``model_type`` (environment overrides applied; falls
-    back to the offline method when the weights are unavailable)."""
-    from cellsparse_app.sam import SamAnnotator, SamConfig
+    back to the offline method when the weights are unavailable). ``weights_dir``: the weights
+    cache (None: the default one, see :func:`cellsparse_app.sam.default_cache_dir`)."""
+    from cellsparse_app.sam import SamAnnotator, SamConfig, WeightsManager
 
-    return SamAnnotator(SamConfig.from_env(SamConfig(model_type=model_type)))
+    weights = WeightsManager(weights_dir) if weights_dir is not None else None
+    return SamAnnotator(SamConfig.from_env(SamConfig(model_type=model_type)), weights=weights)
 
 
 def describe_annotator(annotator: Any) -> tuple[str, str | None]:

@@ -42,6 +42,8 @@ class AppSettings:
             for longer than this are deleted (``CELLSPARSE_SESSION_MAX_AGE_HOURS``, default 24;
             0 keeps them): a crashed or restarted server never closed its sessions.
         max_train_seconds: the largest time budget a user may ask for.
+        weights_dir: the SAM weights cache (None: ``CELLSPARSE_CACHE_DIR`` or the user's cache;
+            ``cellsparse serve`` passes its data dir's, so the web app and the API share it).
         example_image, example_truth: the bundled example and its ground truth.
     """
 
@@ -54,6 +56,7 @@ class AppSettings:
     session_max_age_hours: float = dataclasses.field(
         default_factory=lambda: from_environment().session_max_age_hours)
     max_train_seconds: int = 900
+    weights_dir: Path | None = None
     example_image: Path = ASSETS_DIR / "example_nuclei.png"
     example_truth: Path = ASSETS_DIR / "example_nuclei_labels.tif"
 
@@ -83,7 +86,8 @@ class AppContext:
             if self._annotator is None:
                 from cellsparse_app.session.sam_bridge import create_annotator
 
-                self._annotator = create_annotator(self.settings.sam_model)
+                self._annotator = create_annotator(self.settings.sam_model,
+                                                   weights_dir=self.settings.weights_dir)
             return self._annotator
 
     def sam_description(self) -> tuple[str, str | None]:

@@ -209,3 +209,21 @@ def test_cross_site_form_post_is_not_json(tmp_path):
         r = client.post("/cellpose/reset/", content='{"modelname": "default"}',
                         headers={"content-type": "text/plain"})
         assert r.status_code == 422
+
+
+def test_the_mounted_web_app_shares_the_servers_weights_cache(tmp_path, monkeypatch):
+    """Passed explicitly, not through the environment: the web app's SAM looks for weights in
+    the server's data dir, and ``CELLSPARSE_CACHE_DIR`` stays unset in this process."""
+    import os
+    from types import SimpleNamespace
+
+    from cellsparse_app.api.server import _ui_context
+    from cellsparse_app.session.sam_bridge import create_annotator
+
+    monkeypatch.delenv("CELLSPARSE_CACHE_DIR", raising=False)
+    settings = ServerSettings(data_dir=tmp_path / "data")
+    (context,) = _ui_context(SimpleNamespace(settings=settings))  # it reads only the settings
+    assert context.settings.weights_dir == settings.weights_dir == tmp_path / "data" / "weights"
+    annotator = create_annotator("vit_t", weights_dir=context.settings.weights_dir)
+    assert annotator.weights.directory == tmp_path / "data" / "weights" / "sam"
+    assert "CELLSPARSE_CACHE_DIR" not in os.environ
