@@ -8,8 +8,8 @@ path (PyTorch fp32 = the reference, PyTorch bf16 autocast, ONNX Runtime fp32 and
 vit_t the opt-in 512-pixel encoder input, ONNX fp32/int8), with its ratio to the reference
 measured in the same run and its relative error against the reference embedding (n/a at 512: a
 32x32 grid, not comparable); then the click->mask time of one positive click on an already
-embedded image through ``SamAnnotator.segment_from_points`` (cache lookup, prompt encoding, mask decoding, upscaling).
-The classical ``fallback`` backend is timed too.
+embedded image through ``SamAnnotator.segment_from_points`` (cache lookup, prompt encoding, mask
+decoding, upscaling). The classical ``fallback`` backend is timed too.
 
 Quality: IoU of a click's mask with the annotated nucleus on real images (dsb2018 fluorescence),
 for the fallback and for every SAM model whose real weights are in the cache.

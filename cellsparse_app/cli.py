@@ -25,7 +25,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if len(args.images) != len(args.labels):
         raise ValueError(
-            f"{len(args.images)} image(s) but {len(args.labels)} label file(s); give one --labels per image"
+            f"{len(args.images)} image(s) but {len(args.labels)} label file(s);"
+            " give one --labels per image"
         )
     images = [read_image(p) for p in args.images]
     labels = [read_labels(p) for p in args.labels]

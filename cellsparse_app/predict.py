@@ -91,7 +91,9 @@ class PredictConfig(JsonConfig):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.device not in devices.DEVICES:
-            raise ValueError(f"device must be one of {', '.join(devices.DEVICES)}, got {self.device!r}")
+            raise ValueError(
+                f"device must be one of {', '.join(devices.DEVICES)}, got {self.device!r}"
+            )
         if self.diameter is not None and not (
             isinstance(self.diameter, (int, float)) and self.diameter > 0
         ):
@@ -238,7 +240,9 @@ def predict_array(
     with torch.inference_mode():
         for first in range(0, len(boxes), cfg.batch_size):
             chunk = boxes[first : first + cfg.batch_size]
-            batch = torch.from_numpy(np.stack([padded[:, r : r + th, c : c + tw] for r, c in chunk]))
+            batch = torch.from_numpy(
+                np.stack([padded[:, r : r + th, c : c + tw] for r, c in chunk])
+            )
             with devices.autocast(device, precision):
                 out = network(devices.to_device(batch, device))
             out = out.float().cpu().numpy()

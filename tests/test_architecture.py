@@ -150,7 +150,8 @@ def test_the_web_app_never_imports_the_rest_server():
     offences = [f"{name} imports {target}"
                 for name, path in modules.items() if is_front_end(name)
                 for target, _ in imports_of(name, path, modules)
-                if (name.startswith("cellsparse_app.ui") and target.startswith("cellsparse_app.api"))
+                if (name.startswith("cellsparse_app.ui")
+                    and target.startswith("cellsparse_app.api"))
                 or (name.startswith("cellsparse_app.api.") and name != "cellsparse_app.api.server"
                     and target.startswith("cellsparse_app.ui"))]
     assert offences == []

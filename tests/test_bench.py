@@ -186,9 +186,9 @@ def test_report_says_which_family_wins_where():
     from bench.report import family_lines
 
     def row(family, mode, seed, ap50, k="5%"):
-        return {"dataset": "d", "family": family, "k": k, "mode": mode, "condition": f"k={k}, {mode}",
-                "seed": seed, "annotated": 5, "ap50": ap50, "ap75": ap50 / 2, "train_s": 1.0,
-                "steps": 10, "patches_per_s": 1.0}
+        return {"dataset": "d", "family": family, "k": k, "mode": mode,
+                "condition": f"k={k}, {mode}", "seed": seed, "annotated": 5, "ap50": ap50,
+                "ap75": ap50 / 2, "train_s": 1.0, "steps": 10, "patches_per_s": 1.0}
 
     rows = [row("cellpose", "bg", 0, 0.80), row("cellpose", "bg", 1, 0.82),
             row("stardist", "bg", 0, 0.60), row("stardist", "bg", 1, 0.62),

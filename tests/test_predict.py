@@ -59,7 +59,9 @@ def test_tiled_prediction_matches_untiled(nuclei_model, dsb_fluo):
     tiled_cfg = PredictConfig(tile_size=192, tile_overlap=0.25)
     calls = []
     raw_whole = predict_raw(nuclei_model, mosaic, whole_cfg)
-    raw_tiled = predict_raw(nuclei_model, mosaic, tiled_cfg, progress=lambda d, t: calls.append((d, t)))
+    raw_tiled = predict_raw(
+        nuclei_model, mosaic, tiled_cfg, progress=lambda d, t: calls.append((d, t))
+    )
     assert calls[-1][0] == calls[-1][1] >= 9
     corr = np.corrcoef(raw_whole[2].ravel(), raw_tiled[2].ravel())[0, 1]
     assert corr > 0.97

@@ -1,9 +1,9 @@
 """Editing one image's sparse annotation, with undo.
 
 A :class:`LabelEditor` owns one label image in the -1/0/1..N convention of
-:mod:`cellsparse_app.data.labels` and offers the operations an annotator needs: add a Foreground cell,
-mark Background, unlabel an area, delete an object, accept predicted objects. Every change can be
-undone. The undo stack stores only the bounding box of what changed, so hundreds of clicks on a
+:mod:`cellsparse_app.data.labels` and offers the operations an annotator needs: add a Foreground
+cell, mark Background, unlabel an area, delete an object, accept predicted objects. Every change can
+be undone. The undo stack stores only the bounding box of what changed, so hundreds of clicks on a
 large image cost little memory.
 
 Rules that keep annotations sane:

@@ -9,9 +9,9 @@
 * :func:`zip_model` / :func:`unzip_model` — a model directory as zip bytes and back, safely.
 
 Polygons are exact pixel-edge outlines in ``(x, y)`` pixel-corner coordinates (see
-:mod:`cellsparse_app.data.polygons`). Label images follow :mod:`cellsparse_app.data.labels`; exporters of
-objects use the instances only (background and unlabelled pixels are not objects). Every function
-is pure (no module state), so concurrent calls are safe.
+:mod:`cellsparse_app.data.polygons`). Label images follow :mod:`cellsparse_app.data.labels`;
+exporters of objects use the instances only (background and unlabelled pixels are not objects).
+Every function is pure (no module state), so concurrent calls are safe.
 """
 
 from __future__ import annotations

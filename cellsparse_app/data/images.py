@@ -202,7 +202,9 @@ def normalize(
         sample: at most this many pixels are used to estimate percentiles (speed on big images).
     """
     if not 0 <= lower < upper <= 100:
-        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+        raise ValueError(
+            f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}"
+        )
     x = np.asarray(image, dtype=np.float32)
     squeeze = x.ndim == 2
     if squeeze:

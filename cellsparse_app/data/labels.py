@@ -42,11 +42,13 @@ def validate_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None) ->
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     if shape is not None and tuple(labels.shape) != tuple(shape[:2]):
-        raise ValueError(f"labels shape {labels.shape} does not match image shape {tuple(shape[:2])}")
+        raise ValueError(
+            f"labels shape {labels.shape} does not match image shape {tuple(shape[:2])}"
+        )
     if labels.size and int(labels.min()) < UNLABELLED:
         raise ValueError(
-            f"labels contain {int(labels.min())}; allowed values are -1 (unlabelled), 0 (background)"
-            " and 1..N (instances)"
+            f"labels contain {int(labels.min())}; allowed values are -1 (unlabelled),"
+            " 0 (background) and 1..N (instances)"
         )
     if labels.size and int(labels.max()) > np.iinfo(LABEL_DTYPE).max:
         raise ValueError(f"label id {int(labels.max())} does not fit int32")

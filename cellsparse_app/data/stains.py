@@ -2,8 +2,8 @@
 
 The networks learn fastest when objects are bright on a dark background, as in fluorescence. In
 brightfield the background is bright and the objects dark; in H&E the nuclei are the
-haematoxylin-stained (blue/purple) parts. :class:`cellsparse_app.data.images.ImageConfig` ``stain`` turns
-such images into that form:
+haematoxylin-stained (blue/purple) parts. :class:`cellsparse_app.data.images.ImageConfig` ``stain``
+turns such images into that form:
 
 * ``"invert"``: after normalisation, ``1 - x`` (bright background -> 0);
 * ``"hematoxylin"``: the haematoxylin optical density from colour deconvolution
@@ -24,7 +24,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Input options of :class:`cellsparse_app.data.images.ImageConfig` ``stain`` (``None``: as the image is).
+#: Input options of :class:`cellsparse_app.data.images.ImageConfig` ``stain`` (``None``: as the
+#: image is).
 STAINS: tuple[str, ...] = ("invert", "hematoxylin")
 #: Normalised median brightness above which the background is taken as bright (brightfield).
 BRIGHT_BACKGROUND = 0.55

@@ -243,7 +243,9 @@ class StarDistFamily(ModelFamily):
             if candidates > MAX_CALIBRATION_CANDIDATES:
                 # Lower thresholds only add candidates: an untrained network would make the
                 # NMS take minutes here.
-                logger.info("calibration stops at threshold %.2f (%d candidates)", threshold, candidates)
+                logger.info(
+                    "calibration stops at threshold %.2f (%d candidates)", threshold, candidates
+                )
                 break
             for nms in NMS_THRESHOLDS:
                 trial = dataclasses.replace(cfg, prob_threshold=threshold, nms_threshold=nms)

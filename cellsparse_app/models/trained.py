@@ -1,8 +1,8 @@
 """A trained model: network + everything needed to rebuild and run it, saved as a directory.
 
 ``directory/config.json`` holds the family name, the family's model config, the
-:class:`~cellsparse_app.data.images.ImageConfig` used in training, the training history and meta data;
-``directory/weights.pt`` holds the network's ``state_dict``, loaded back with
+:class:`~cellsparse_app.data.images.ImageConfig` used in training, the training history and meta
+data; ``directory/weights.pt`` holds the network's ``state_dict``, loaded back with
 ``torch.load(weights_only=True)`` (no pickled code is ever executed).
 """
 

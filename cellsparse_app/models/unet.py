@@ -56,7 +56,8 @@ class _BNReLUConv(nn.Sequential):
 
 
 class _ResBlock(nn.Module):
-    """``blocks`` pairs of pre-activated 3x3 convs with residual additions (1x1 projection first)."""
+    """``blocks`` pairs of pre-activated 3x3 convs with residual additions (1x1 projection
+    first)."""
 
     def __init__(self, cin: int, cout: int, blocks: int, style_dim: int = 0) -> None:
         super().__init__()
@@ -66,7 +67,9 @@ class _ResBlock(nn.Module):
             for i in range(blocks)
         )
         # One style projection per pair, added before its second conv (as in Cellpose's resup).
-        self.styles = nn.ModuleList(nn.Linear(style_dim, cout) for _ in range(blocks if style_dim else 0))
+        self.styles = nn.ModuleList(
+            nn.Linear(style_dim, cout) for _ in range(blocks if style_dim else 0)
+        )
 
     def forward(
         self,

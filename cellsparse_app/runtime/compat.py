@@ -41,7 +41,10 @@ def ensure_torchvision() -> None:
 
 
 def nms(boxes, scores, iou_threshold: float):
-    """Greedy non-maximum suppression; ``boxes`` are ``(N, 4)`` x1, y1, x2, y2. Returns kept indices."""
+    """Greedy non-maximum suppression; ``boxes`` are ``(N, 4)`` x1, y1, x2, y2.
+
+    Returns kept indices.
+    """
     import torch
 
     if boxes.numel() == 0:

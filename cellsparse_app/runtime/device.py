@@ -104,4 +104,6 @@ def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a ``(B, C, H, W)`` batch to ``device`` in channels-last layout."""
     non_blocking = device.type == "cuda"
-    return tensor.to(device, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
+    return tensor.to(device, non_blocking=non_blocking).contiguous(
+        memory_format=torch.channels_last
+    )

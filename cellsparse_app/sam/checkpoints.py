@@ -150,7 +150,8 @@ def read_registry(directory: Path) -> dict[str, WeightSpec]:
     # A hand-edited file must not shadow official weights, bring names register() refuses, nor
     # point outside the cache directory through its file name (e.g. "../x").
     return {s.name: s for s in specs
-            if s.name not in OFFICIAL_WEIGHTS and _NAME.match(s.name) and _FILENAME.match(s.filename)}
+            if s.name not in OFFICIAL_WEIGHTS and _NAME.match(s.name)
+            and _FILENAME.match(s.filename)}
 
 
 def write_registry(directory: Path, registered: dict[str, WeightSpec]) -> None:

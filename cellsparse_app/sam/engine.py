@@ -147,8 +147,9 @@ class SamEngine:
 
         Returns:
             ``bool (M, H, W)`` masks, their scores ``(M,)`` and low-resolution logits
-            ``(M, 4g, 4g)`` (``256 x 256`` at SAM's 1024 input side); ``single`` uses SAM's single-mask output, the other modes its
-            three candidates. Only the selected masks are upscaled to the image size.
+            ``(M, 4g, 4g)`` (``256 x 256`` at SAM's 1024 input side); ``single`` uses SAM's
+            single-mask output, the other modes its three candidates. Only the selected masks are
+            upscaled to the image size.
         """
         import torch
 

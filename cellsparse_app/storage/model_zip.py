@@ -1,9 +1,9 @@
 """A model directory (``config.json`` + ``weights.pt`` ...) as zip bytes, and back, safely.
 
 :func:`unzip_model` treats the archive as hostile (it may come from an upload): every check of
-:mod:`cellsparse_app.storage.archive` applies (zip slip, links, entry count, size and compression-ratio
-caps), and the model appears at ``dest`` only when everything was extracted (written to a
-temporary sibling directory, then renamed), so a failure leaves nothing behind.
+:mod:`cellsparse_app.storage.archive` applies (zip slip, links, entry count, size and
+compression-ratio caps), and the model appears at ``dest`` only when everything was extracted
+(written to a temporary sibling directory, then renamed), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations

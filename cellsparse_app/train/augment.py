@@ -118,7 +118,9 @@ def warp_patches(
     if has_targets:
         kinds = tuple(kinds or ())
         if len(kinds) != sources[0].targets.shape[0] or set(kinds) - set(TARGET_KINDS):
-            raise ValueError(f"target kinds {kinds} do not describe {sources[0].targets.shape[0]} channels")
+            raise ValueError(
+                f"target kinds {kinds} do not describe {sources[0].targets.shape[0]} channels"
+            )
     n_img = sources[0].image.shape[0]
     linear_t = [i for i, k in enumerate(kinds or ()) if k != "nearest"]
     nearest_t = [i for i, k in enumerate(kinds or ()) if k == "nearest"]
@@ -167,7 +169,9 @@ def warp_patches(
     return Batch(images.contiguous(), labels, targets)
 
 
-def _rotate_vectors(targets: torch.Tensor, kinds: Sequence[str], transforms: Sequence[Transform]) -> None:
+def _rotate_vectors(
+    targets: torch.Tensor, kinds: Sequence[str], transforms: Sequence[Transform]
+) -> None:
     # Output vector = Q^T @ source vector (Q maps patch offsets to source offsets).
     for i, kind in enumerate(kinds):
         if kind != "vy":

@@ -44,7 +44,9 @@ def annotated_crops(
             continue
         box = _box(lab > 0, margin, lab.shape)
         if _area(box) <= MAX_UNION_PIXELS:
-            crops.append((image[:, box[0] : box[1], box[2] : box[3]], lab[box[0] : box[1], box[2] : box[3]]))
+            crops.append(
+                (image[:, box[0] : box[1], box[2] : box[3]], lab[box[0] : box[1], box[2] : box[3]])
+            )
             continue
         from scipy import ndimage as ndi
 

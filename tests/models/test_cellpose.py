@@ -196,7 +196,9 @@ def test_loss_is_averaged_over_labelled_pixels():
     # Doubling the unlabelled area does not dilute the loss.
     wide_out = torch.cat([out, torch.zeros_like(out)], dim=-1)
     wide_t = torch.cat([t, torch.zeros_like(t)], dim=-1)
-    assert masked_loss(wide_out, wide_t).item() == pytest.approx(masked_loss(out, t).item(), rel=1e-6)
+    assert masked_loss(wide_out, wide_t).item() == pytest.approx(
+        masked_loss(out, t).item(), rel=1e-6
+    )
     assert masked_loss(out, torch.zeros_like(t)).item() == 0.0  # nothing labelled
 
 
@@ -271,7 +273,9 @@ def test_flow_threshold_is_the_models_own_unless_overridden():
 
     def count(model_threshold, predict_threshold):
         cfg = CellposeConfig(flow_threshold=model_threshold)
-        return int(family.postprocess(out, cfg, PredictConfig(flow_threshold=predict_threshold)).max())
+        return int(
+            family.postprocess(out, cfg, PredictConfig(flow_threshold=predict_threshold)).max()
+        )
 
     assert count(0.4, None) == n - 1  # Cellpose's 0.4 drops the weak object
     assert count(0.95, None) == n  # a calibrated looser threshold keeps it

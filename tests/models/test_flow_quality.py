@@ -59,7 +59,9 @@ def test_calibration_ignores_background_and_unlabelled_pixels():
     noisy = weak.copy()
     outside = labels <= 0
     noisy[:, outside] = rng.normal(size=(2, int(outside.sum())))
-    assert calibrated_flow_threshold([noisy], [labels]) == calibrated_flow_threshold([weak], [labels])
+    assert calibrated_flow_threshold([noisy], [labels]) == calibrated_flow_threshold(
+        [weak], [labels]
+    )
     assert calibrated_flow_threshold([noisy], [np.minimum(labels, 0)]) == CELLPOSE_FLOW_THRESHOLD
 
 

@@ -206,7 +206,9 @@ def test_probability_loss_weighs_objects_and_background_equally(dsb_fluo):
     output = torch.randn((1, 1 + CFG.n_rays, 128, 128), generator=torch.Generator().manual_seed(1))
     cfg = StarDistConfig(dist_loss_weight=0.0)
     # The loss is taken on the grid (every second pixel), where the network's outputs live.
-    bce = F.binary_cross_entropy_with_logits(output[0, 0], target[0, 0].clamp(min=0), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        output[0, 0], target[0, 0].clamp(min=0), reduction="none"
+    )
     bce = bce[::2, ::2]
     obj, bg = torch.from_numpy(labels[::2, ::2] > 0), torch.from_numpy(labels[::2, ::2] == 0)
     assert obj.sum() < 0.1 * bg.sum()

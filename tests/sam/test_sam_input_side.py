@@ -41,7 +41,10 @@ def test_smaller_encoder_shares_weights_and_leaves_the_original_alone(vit_t):
     for name, tensor in model.image_encoder.state_dict().items():
         assert torch.equal(small.image_encoder.state_dict()[name], tensor), name
     assert small.mask_decoder is model.mask_decoder
-    assert small.prompt_encoder.point_embeddings[0].weight is model.prompt_encoder.point_embeddings[0].weight
+    assert (
+        small.prompt_encoder.point_embeddings[0].weight
+        is model.prompt_encoder.point_embeddings[0].weight
+    )
     assert small.prompt_encoder.image_embedding_size == (32, 32)
     assert model.prompt_encoder.image_embedding_size == (64, 64)
     with torch.inference_mode():
@@ -83,7 +86,9 @@ def test_onnx_export_at_512_matches_pytorch(vit_t_512, tmp_path):
     encoder = vit_t_512.engine.model.image_encoder
     onnx = onnx_mod.load_onnx_encoder(encoder, tmp_path, "vit_t", precision="fp32", threads=2)
     assert "-s512-" in onnx.path.name
-    x = torch.from_numpy(np.random.default_rng(2).standard_normal((1, 3, 512, 512)).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(2).standard_normal((1, 3, 512, 512)).astype(np.float32)
+    )
     with torch.inference_mode():
         reference = encoder(x).numpy()
     got = onnx(x).numpy()

@@ -34,7 +34,9 @@ def test_one_crop_holds_every_object_with_a_margin():
 
 def test_images_without_objects_give_no_crop():
     image = np.zeros((1, 50, 50), np.float32)
-    assert annotated_crops([image, image], [np.zeros((50, 50), np.int32), np.full((50, 50), -1)]) == []
+    assert annotated_crops(
+        [image, image], [np.zeros((50, 50), np.int32), np.full((50, 50), -1)]
+    ) == []
 
 
 def test_far_apart_objects_are_cropped_one_by_one(monkeypatch):
