@@ -37,7 +37,7 @@ from cellsparse_app.models.trained import TrainedModel
 from cellsparse_app.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
 from cellsparse_app.train.calibration import calibrate_config
-from cellsparse_app.train.config import TrainConfig, TrainProgress
+from cellsparse_app.train.config import TrainConfig, TrainProgress, labelled_fraction
 from cellsparse_app.train.inputs import check_inputs
 from cellsparse_app.train.sampler import PatchSampler
 from cellsparse_app.train.scaling import choose_scale, rescale_training
@@ -150,7 +150,11 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
     start = time.perf_counter()
     cfg = cfg.replace(learning_rate=cfg.peak_learning_rate())  # recorded in meta["train"]
     precision = devices.resolve_precision(cfg.precision, device)
-    max_steps, max_seconds = cfg.budget(device.type)
+    labelled = labelled_fraction(labels)
+    max_steps, max_seconds = cfg.budget(device.type, labelled)
+    if max_steps is not None and cfg.steps is None:
+        logger.info("sparse annotations (%.1f%% of the pixels labelled): at most %d steps",
+                    100 * labelled, max_steps)
     torch.manual_seed(cfg.seed)
     if initial is not None:
         network = copy.deepcopy(initial.network)
@@ -275,6 +279,8 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
             "n_images": len(sources),
             "n_cells": sampler.n_cells,
             "patch_size": patch,
+            "labelled_fraction": round(labelled, 4),
+            "step_cap": max_steps if cfg.steps is None else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "version": _version(),
         },
