@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 from cellsparse_app.errors import CellsparseError
 from cellsparse_app.json_config import config_from_values
 
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue training this model directory (its scale and stain are kept)")
     p.add_argument("--diameter", type=float, default=None,
                    help="cell diameter in the training images, pixels (default: the median of "
-                        "the annotated cells); images are resized so cells are 30 px across")
+                        "the annotated cells); images of larger cells are resized so cells are "
+                        f"{CANONICAL_DIAMETER:g} px across")
     p.add_argument("--no-rescale", action="store_true",
                    help="train at the images' own scale (no object-size normalisation)")
     p.add_argument("--stain", default="none", choices=["none", "auto", "invert", "hematoxylin"],

@@ -110,17 +110,17 @@ def test_train_predict_evaluate_round_trip(files):
 
 
 def test_diameter_and_stain_options(files):
-    """--diameter sets the training scale (cells resized to 30 px) and predicts other
+    """--diameter sets the training scale (cells resized to 45 px) and predicts other
     magnifications; --stain auto leaves fluorescence alone; --init keeps the scale."""
     model = files["root"] / "model_d"
     result = _cli(
         "train", *files["images"], "--labels", *files["labels"], "--out", str(model),
-        "--steps", "2", "--device", "cpu", "--diameter", "60", "--stain", "auto",
+        "--steps", "2", "--device", "cpu", "--diameter", "90", "--stain", "auto",
     )
     assert result.returncode == 0, result.stderr
     assert "stain: dark" in result.stdout and "scale 0.5)" in result.stdout
     saved = json.loads((model / "config.json").read_text())
-    assert saved["model"]["diameter"] == 60 and saved["model"]["scale"] == 0.5
+    assert saved["model"]["diameter"] == 90 and saved["model"]["scale"] == 0.5
     assert saved["image"]["stain"] is None
     out = files["root"] / "pred_d"
     result = _cli("predict", "--model", str(model), files["test"][0], "--out", str(out),

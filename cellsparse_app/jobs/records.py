@@ -141,8 +141,12 @@ class JobRecord:
             max_seconds=getattr(self.config, "max_seconds", None),
         )
 
-    def describe_stop(self, steps_done: int, cancelled: bool) -> None:
-        """Set :attr:`stop_reason` and :attr:`cut` once training has ended."""
+    def describe_stop(self, steps_done: int, cancelled: bool, step_cap: int | None = None) -> None:
+        """Set :attr:`stop_reason` and :attr:`cut` once training has ended.
+
+        ``step_cap``: the step cap that the training applied to sparse annotations
+        (``TrainedModel.meta["step_cap"]``), when it ended the round before the time budget.
+        """
         requested = getattr(self.config, "steps", None)
         seconds = getattr(self.config, "max_seconds", None)
         self.cut = requested is not None and steps_done < requested
@@ -152,6 +156,9 @@ class JobRecord:
             self.stop_reason = f"cancelled after {steps_done} steps"
         elif requested is not None and not self.cut:
             self.stop_reason = f"all {requested} requested steps done"
+        elif requested is None and step_cap and steps_done >= step_cap:
+            self.stop_reason = (f"stopped after {steps_done} steps, the step cap for sparse "
+                                "annotations (longer training over-fits a few annotated cells)")
         elif seconds is not None:
             note = f" ({self.budget_note})" if self.budget_note else ""
             self.stop_reason = (f"time budget of {seconds:g} s reached after {steps_done} "

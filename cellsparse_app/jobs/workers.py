@@ -116,7 +116,8 @@ class TrainingWorkers:
             job.result = model
             job.model_saved = saved
             job.step = steps_done
-            job.describe_stop(steps_done, cancelled)
+            cap = (getattr(model, "meta", None) or {}).get("step_cap")
+            job.describe_stop(steps_done, cancelled, cap)
             if saved and cancelled:
                 job.stop_reason += f"; the model trained so far is saved as {job.model_name!r}"
             state = INTERRUPTED if job.interrupted else CANCELLED if cancelled else DONE

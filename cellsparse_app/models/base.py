@@ -66,6 +66,9 @@ class ModelFamily(abc.ABC):
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
     #: Peak learning rate when ``TrainConfig.learning_rate`` is ``None``.
     learning_rate: ClassVar[float] = 2e-3
+    #: Steps after which a time-budgeted round on sparse annotations stops
+    #: (``TrainConfig.sparse_max_steps``); ``None``: the time budget alone.
+    sparse_max_steps: ClassVar[int | None] = None
     #: Config fields that :meth:`calibrate` sets after training.
     calibrated_fields: ClassVar[tuple[str, ...]] = ()
 

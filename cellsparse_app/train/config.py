@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 #: Time budget used when neither ``steps`` nor ``max_seconds`` is given, per device type: enough
 #: for a usable model (AP@0.5 >= 0.8 on held-out DSB nuclei) within 3 minutes on 2 CPU cores.
 DEFAULT_SECONDS = {"cpu": 150.0, "cuda": 30.0}
+#: Annotations are *sparse* when fewer than this share of the training pixels are labelled.
+SPARSE_LABELLED_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +51,20 @@ class TrainConfig(JsonConfig):
         intensity: strength of the random contrast/brightness changes (0 disables them).
         log_every: report progress (and record history) every this many steps.
         diameter: diameter (pixels) of the cells in the training images; ``None``: measured, the
-            median over the annotated cells (:func:`cellsparse_app.data.object_scale.median_diameter`).
+            median over the annotated cells
+            (:func:`cellsparse_app.data.object_scale.median_diameter`).
         object_diameter: diameter the cells are resized to for the network (the model records
             the scale, ``object_diameter / diameter``, and predicts at it); ``None``: no
             rescaling (scale 1). Continued training keeps the initial model's scale.
         upscale: also enlarge cells smaller than ``object_diameter`` (by default only larger
             cells are shrunk: enlarging small nuclei adds no detail, costs time, and measured
             worse, see the README's benchmark section).
+        sparse_max_steps: when ``steps`` is ``None`` and the annotations are sparse (fewer than
+            :data:`SPARSE_LABELLED_FRACTION` of the training pixels labelled), the round ends
+            after at most this many steps even if time is left: from a few annotated cells the
+            network over-fits and drifts on the unlabelled rest with longer training (see
+            :attr:`~cellsparse_app.models.base.ModelFamily.sparse_max_steps`). ``None``: the
+            model family's cap; ``0``: no cap. An explicit ``steps`` is always trained in full.
     """
 
     family: str = "cellpose"
@@ -79,12 +88,20 @@ class TrainConfig(JsonConfig):
     diameter: float | None = None
     object_diameter: float | None = CANONICAL_DIAMETER
     upscale: bool = False
+    sparse_max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+        if self.sparse_max_steps is not None and (
+            not isinstance(self.sparse_max_steps, int) or isinstance(self.sparse_max_steps, bool)
+            or self.sparse_max_steps < 0
+        ):
+            raise ValueError(
+                f"sparse_max_steps must be an integer >= 0 or None, got {self.sparse_max_steps!r}"
+            )
         for name in ("batch_size", "warmup_steps", "log_every"):
             value = getattr(self, name)
             low = 0 if name == "warmup_steps" else 1
@@ -101,7 +118,8 @@ class TrainConfig(JsonConfig):
             raise ValueError("final_lr_fraction and foreground_fraction must be in [0, 1]")
         low, high = self.scale_range
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {low, high}")
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {low, high}")
         if self.intensity < 0:
             raise ValueError(f"intensity must be >= 0, got {self.intensity}")
         for name in ("diameter", "object_diameter"):
@@ -115,11 +133,31 @@ class TrainConfig(JsonConfig):
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
 
-    def budget(self, device_type: str) -> tuple[int | None, float | None]:
-        """``(steps, max_seconds)`` actually applied on a device of ``device_type``."""
-        if self.steps is None and self.max_seconds is None:
-            return None, DEFAULT_SECONDS.get(device_type, DEFAULT_SECONDS["cpu"])
-        return self.steps, self.max_seconds
+    def budget(
+        self, device_type: str, labelled_fraction: float | None = None
+    ) -> tuple[int | None, float | None]:
+        """``(steps, max_seconds)`` actually applied on a device of ``device_type``.
+
+        ``labelled_fraction`` (share of the training pixels that are labelled, see
+        :func:`labelled_fraction`) below :data:`SPARSE_LABELLED_FRACTION` caps a round without
+        explicit ``steps`` at :meth:`sparse_step_cap`.
+        """
+        steps, seconds = self.steps, self.max_seconds
+        if steps is None and seconds is None:
+            seconds = DEFAULT_SECONDS.get(device_type, DEFAULT_SECONDS["cpu"])
+        if (steps is None and labelled_fraction is not None
+                and labelled_fraction < SPARSE_LABELLED_FRACTION):
+            steps = self.sparse_step_cap()
+        return steps, seconds
+
+    def sparse_step_cap(self) -> int | None:
+        """Step cap of a time-budgeted round on sparse annotations (``None``: no cap)."""
+        cap = self.sparse_max_steps
+        if cap is None:
+            from cellsparse_app.models import get_family
+
+            cap = get_family(self.family).sparse_max_steps
+        return cap or None
 
     def peak_learning_rate(self) -> float:
         """``learning_rate``, or the family's own default where it is ``None``."""
@@ -128,6 +166,12 @@ class TrainConfig(JsonConfig):
         from cellsparse_app.models import get_family
 
         return get_family(self.family).learning_rate
+
+
+def labelled_fraction(labels) -> float:
+    """Share of the pixels of ``labels`` (label images, -1 unlabelled) that are labelled."""
+    total = sum(int(lab.size) for lab in labels)
+    return sum(int((lab >= 0).sum()) for lab in labels) / total if total else 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from cellsparse_app.runtime import device as devices
 from cellsparse_app.runtime.threads import omp_threads
 from cellsparse_app.train.augment import Batch, Source, random_transform, warp_patches
 from cellsparse_app.train.calibration import calibrate_config
-from cellsparse_app.train.config import TrainConfig, TrainProgress
+from cellsparse_app.train.config import TrainConfig, TrainProgress, labelled_fraction
 from cellsparse_app.train.inputs import check_inputs
 from cellsparse_app.train.sampler import PatchSampler
 from cellsparse_app.train.scaling import choose_scale, rescale_training
@@ -110,7 +110,8 @@ def train_iter(
     model_config = choose_scale(labels, cfg, model_config, initial)
     prepared, labels = rescale_training(prepared, labels, model_config.scale)
     device = devices.resolve_device(cfg.device)
-    return _run(family, prepared, labels, cfg, model_config, image_config, initial, should_stop, device)
+    return _run(family, prepared, labels, cfg, model_config, image_config, initial, should_stop,
+                device)
 
 
 def train(
@@ -150,7 +151,11 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
     start = time.perf_counter()
     cfg = cfg.replace(learning_rate=cfg.peak_learning_rate())  # recorded in meta["train"]
     precision = devices.resolve_precision(cfg.precision, device)
-    max_steps, max_seconds = cfg.budget(device.type)
+    labelled = labelled_fraction(labels)
+    max_steps, max_seconds = cfg.budget(device.type, labelled)
+    if max_steps is not None and cfg.steps is None:
+        logger.info("sparse annotations (%.1f%% of the pixels labelled): at most %d steps",
+                    100 * labelled, max_steps)
     torch.manual_seed(cfg.seed)
     if initial is not None:
         network = copy.deepcopy(initial.network)
@@ -183,7 +188,8 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
             )
             for _ in picks
         ]
-        batch = warp_patches([sources[i] for i, _ in picks], [c for _, c in picks], transforms, patch, kinds)
+        batch = warp_patches([sources[i] for i, _ in picks], [c for _, c in picks], transforms,
+                             patch, kinds)
         if batch.targets is None:
             targets = [family.targets(lab.numpy(), model_config) for lab in batch.labels]
             batch = batch._replace(targets=torch.from_numpy(np.stack(targets).astype(np.float32)))
@@ -275,6 +281,8 @@ def _run(family, prepared, labels, cfg, model_config, image_config, initial, sho
             "n_images": len(sources),
             "n_cells": sampler.n_cells,
             "patch_size": patch,
+            "labelled_fraction": round(labelled, 4),
+            "step_cap": max_steps if cfg.steps is None else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "version": _version(),
         },
@@ -361,8 +369,8 @@ def _version() -> str:
 class _Prefetcher:
     """Runs ``make`` in a background thread, keeping up to ``depth`` results ready.
 
-    The thread uses one OpenMP thread (:func:`cellsparse_app.runtime.threads.omp_threads`), leaving the
-    cores to the network's operations in the training thread.
+    The thread uses one OpenMP thread (:func:`cellsparse_app.runtime.threads.omp_threads`),
+    leaving the cores to the network's operations in the training thread.
     """
 
     def __init__(self, make: Callable[[], Batch], depth: int = 2) -> None:

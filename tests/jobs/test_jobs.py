@@ -491,3 +491,25 @@ def test_closing_a_waiting_web_round_and_cancelling_a_queued_job_free_their_plac
     with pytest.raises(ValueError, match="capacity.*0"):
         TrainingSlot(0)
     runner.shutdown()
+
+
+def test_stop_reason_names_the_sparse_step_cap():
+    """A time-budgeted round that the sparse-annotation step cap ended says so, not 'time
+    budget'."""
+    from cellsparse_app.jobs.records import JobRecord
+    from cellsparse_app.train import TrainConfig
+
+    def record(cfg):
+        return JobRecord(id="j", images=None, labels=None, config=cfg, model_name=None,
+                         resume=False, model_config=None, image_config=None, initial=None)
+
+    job = record(TrainConfig(max_seconds=150.0))
+    job.describe_stop(400, cancelled=False, step_cap=400)
+    assert job.stop_reason.startswith("stopped after 400 steps, the step cap for sparse")
+    assert not job.cut
+    job = record(TrainConfig(max_seconds=150.0))
+    job.describe_stop(250, cancelled=False, step_cap=400)  # time ran out first
+    assert job.stop_reason.startswith("time budget of 150 s reached after 250 steps")
+    job = record(TrainConfig(steps=600))
+    job.describe_stop(600, cancelled=False, step_cap=None)
+    assert job.stop_reason == "all 600 requested steps done"

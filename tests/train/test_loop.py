@@ -18,7 +18,8 @@ from cellsparse_app.train.augment import Source, Transform, random_transform, wa
 from cellsparse_app.train.sampler import PatchSampler
 
 TINY = CellposeConfig(base_channels=4, depth=2)
-QUICK = TrainConfig(steps=4, batch_size=2, patch_size=32, log_every=1, device="cpu", warmup_steps=10)
+QUICK = TrainConfig(steps=4, batch_size=2, patch_size=32, log_every=1, device="cpu",
+                    warmup_steps=10)
 
 
 def _disk_image(shape=(64, 64), centres=((20, 20), (44, 40)), radius=8):
@@ -47,7 +48,8 @@ def test_every_patch_has_labelled_pixels():
         picks = [sampler.sample() for _ in range(8)]
         assert all(labels[r, c] >= 0 for _, (r, c) in picks)
         tfs = [random_transform(rng, 32, scale_range=(0.7, 1.4)) for _ in picks]
-        batch = warp_patches(src * 8, [c for _, c in picks], tfs, 32, ("vy", "vx", "nearest", "nearest"))
+        batch = warp_patches(src * 8, [c for _, c in picks], tfs, 32,
+                             ("vy", "vx", "nearest", "nearest"))
         hits += [int((b >= 0).sum()) for b in batch.labels]
         assert torch.all((batch.targets[:, 3] > 0) == (batch.labels >= 0))
     assert min(hits) > 0
@@ -238,6 +240,55 @@ def test_default_budget_depends_on_the_device():
     assert TrainConfig().budget("cuda") == (None, 30.0)
     assert TrainConfig(steps=7).budget("cpu") == (7, None)
     assert TrainConfig(steps=7, max_seconds=3).budget("cpu") == (7, 3)
+
+
+def test_sparse_annotations_cap_a_time_budgeted_round():
+    """Below half the pixels labelled, a round without explicit steps stops at sparse_max_steps."""
+    from cellsparse_app.train.config import SPARSE_LABELLED_FRACTION
+
+    assert SPARSE_LABELLED_FRACTION == 0.5
+    assert TrainConfig().budget("cpu", 0.02) == (400, 150.0)
+    assert TrainConfig().budget("cuda", 0.49) == (400, 30.0)
+    assert TrainConfig(max_seconds=60).budget("cpu", 0.02) == (400, 60)
+    # Dense or mostly labelled (sparse + all background): the time budget alone.
+    assert TrainConfig().budget("cpu", 0.5) == (None, 150.0)
+    assert TrainConfig().budget("cpu", 1.0) == (None, 150.0)
+    # Explicit steps are trained in full; None turns the cap off.
+    assert TrainConfig(steps=900).budget("cpu", 0.02) == (900, None)
+    assert TrainConfig(sparse_max_steps=0).budget("cpu", 0.02) == (None, 150.0)
+    assert TrainConfig(sparse_max_steps=50).budget("cpu", 0.02) == (50, 150.0)
+    # The cap is the family's: measured for the Cellpose-style one; StarDist learns rays slowly.
+    assert TrainConfig(family="stardist").budget("cpu", 0.02) == (None, 150.0)
+    assert TrainConfig(family="stardist", sparse_max_steps=300).budget("cpu", 0.02) == (300, 150.0)
+    for bad in (-1, -3, 2.5, True):
+        with pytest.raises(ValueError, match="sparse_max_steps"):
+            TrainConfig(sparse_max_steps=bad)
+
+
+def test_labelled_fraction_counts_pixels_over_all_images():
+    from cellsparse_app.train.config import labelled_fraction
+
+    a = np.full((10, 10), -1, np.int32)
+    a[:2] = 0  # 20 background pixels
+    a[5, :5] = 3  # 5 cell pixels
+    b = np.zeros((10, 20), np.int32)  # 200 labelled pixels
+    assert labelled_fraction([a]) == pytest.approx(0.25)
+    assert labelled_fraction([a, b]) == pytest.approx(225 / 300)
+    assert labelled_fraction([np.full((4, 4), -1, np.int32)]) == 0.0
+
+
+def test_training_on_sparse_labels_stops_at_the_step_cap():
+    image, dense = _disk_image()
+    sparse = select_sparse(dense, [1], background=False)  # one disk, nothing else labelled
+    cfg = QUICK.replace(steps=None, max_seconds=60.0, sparse_max_steps=3)
+    model = train([image], [sparse], cfg, model_config=TINY)
+    assert model.meta["steps"] == 3 and model.meta["step_cap"] == 3
+    assert model.meta["labelled_fraction"] == pytest.approx(float((sparse >= 0).mean()), abs=1e-4)
+    assert model.meta["labelled_fraction"] < 0.1
+    # Dense labels are not capped: the explicit step count decides.
+    model = train([image], [dense], QUICK.replace(steps=5, sparse_max_steps=3), model_config=TINY)
+    assert model.meta["steps"] == 5 and model.meta["labelled_fraction"] == 1.0
+    assert model.meta["step_cap"] is None
 
 
 # --- real data ----------------------------------------------------------------------------

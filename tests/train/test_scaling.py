@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
 from cellsparse_app.models.cellpose import CellposeConfig
 from cellsparse_app.predict import PredictConfig, predict_instances, predict_raw, predict_scaled
 from cellsparse_app.train import TrainConfig, TrainedModel, train
@@ -17,10 +18,10 @@ TINY = CellposeConfig(base_channels=4, depth=2)
 QUICK = TrainConfig(steps=2, batch_size=2, patch_size=32, device="cpu", warmup_steps=1)
 
 
-def _cells(radius=20, shape=(160, 170)):
+def _cells(radius=30, shape=(230, 240)):
     rr, cc = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)
-    for i, (r, c) in enumerate(((40, 40), (40, 120), (115, 80)), start=1):
+    for i, (r, c) in enumerate(((55, 55), (55, 175), (165, 115)), start=1):
         labels[(rr - r) ** 2 + (cc - c) ** 2 <= radius**2] = i
     image = np.where(labels > 0, 200, 10).astype(np.uint8)
     return image, labels
@@ -33,20 +34,21 @@ def scaled_model():
 
 
 def test_training_measures_the_diameter_and_records_the_scale(scaled_model):
-    assert scaled_model.config.diameter == pytest.approx(40, rel=0.05)
-    assert scaled_model.config.scale == pytest.approx(30 / scaled_model.config.diameter, rel=1e-3)
+    assert CANONICAL_DIAMETER == 45
+    assert scaled_model.config.diameter == pytest.approx(60, rel=0.05)
+    assert scaled_model.config.scale == pytest.approx(45 / scaled_model.config.diameter, rel=1e-3)
 
 
 def test_diameter_and_object_diameter_override_or_disable_rescaling():
     image, labels = _cells()
-    given = train([image], [labels], QUICK.replace(diameter=60.0), model_config=TINY)
-    assert given.config.diameter == 60 and given.config.scale == 0.5
-    small = train([image], [labels], QUICK.replace(diameter=20.0), model_config=TINY)
+    given = train([image], [labels], QUICK.replace(diameter=90.0), model_config=TINY)
+    assert given.config.diameter == 90 and given.config.scale == 0.5
+    small = train([image], [labels], QUICK.replace(diameter=30.0), model_config=TINY)
     assert small.config.scale == 1.0  # smaller cells are not enlarged by default
-    up = train([image], [labels], QUICK.replace(diameter=20.0, upscale=True), model_config=TINY)
+    up = train([image], [labels], QUICK.replace(diameter=30.0, upscale=True), model_config=TINY)
     assert up.config.scale == 1.5
     native = train([image], [labels], QUICK.replace(object_diameter=None), model_config=TINY)
-    assert native.config.scale == 1.0 and native.config.diameter == pytest.approx(40, rel=0.05)
+    assert native.config.scale == 1.0 and native.config.diameter == pytest.approx(60, rel=0.05)
     with pytest.raises(ValueError, match="-2"):
         TrainConfig(diameter=-2)
 
@@ -61,7 +63,7 @@ def test_prediction_returns_labels_on_the_image_grid(scaled_model):
     assert raw.shape == (3, *image.shape)
     small, scale = predict_scaled(scaled_model, image, PredictConfig(device="cpu"))
     assert scale == scaled_model.config.scale
-    assert small.shape[1:] == (round(160 * scale), round(170 * scale))
+    assert small.shape[1:] == (round(230 * scale), round(240 * scale))
 
 
 def test_other_magnification_uses_its_own_diameter(scaled_model):

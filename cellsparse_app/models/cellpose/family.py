@@ -97,6 +97,13 @@ class CellposeFamily(ModelFamily):
     )
     config_cls = CellposeConfig
     calibrated_fields = ("flow_threshold",)
+    #: From a few annotated cells + a background ring the network over-fits with longer training
+    #: and drifts where nothing is labelled (far background, unlike cells, turns "cell"). k = 4
+    #: cells per training image + a 6 px ring, seeds 0-2, AP@0.5 on held-out images
+    #: (``python -m bench sparse --ks 4 --modes band``): Usiigaci phase contrast 0.509 at 400
+    #: steps, 0.439 at 800, 0.404 at ~1200 (150 s); DSB histology 0.488 at 400 steps, ~0.29 at
+    #: ~1500 (150 s). Dense and "sparse + all background" labels are not capped.
+    sparse_max_steps = 400
 
     def build(self, cfg: CellposeConfig) -> "torch.nn.Module":
         from cellsparse_app.models.unet import build_unet
