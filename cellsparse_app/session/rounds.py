@@ -165,6 +165,8 @@ def _save_round(
         final_loss=float(history[-1]["loss"]),  # the engine's mean over its last report
         cancelled=bool(meta.get("cancelled", False)), n_objects=totals["n_objects"],
         background_px=totals["background_px"], history=history[::step],
+        step_cap=meta.get("step_cap"), diameter=getattr(model.config, "diameter", None),
+        scale=float(getattr(model.config, "scale", 1.0) or 1.0),
     )
     return project.add_round(model, record, snapshot)
 

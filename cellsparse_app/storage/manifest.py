@@ -48,6 +48,9 @@ class RoundRecord:
         metrics: per image id, ``{"annotations": {...}, "truth": {...}}`` as computed by
             ``metrics.match_labels`` against the user's annotations and the ground truth.
         history: the loss curve ``[{"step", "loss", ...}]`` of this round.
+        step_cap: the steps the sparse-annotation cap allowed (None: no cap applied).
+        diameter, scale: the cells' diameter in the training images and the scale the model
+            works at (``TrainedModel.config``; 1: the images' own).
     """
 
     index: int
@@ -62,6 +65,9 @@ class RoundRecord:
     background_px: int = 0
     metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    step_cap: int | None = None
+    diameter: float | None = None
+    scale: float = 1.0
 
 
 @dataclasses.dataclass

@@ -126,6 +126,20 @@ def rounds_rows(rounds: Sequence[RoundRecord], active: int | None) -> list[list[
     return rows
 
 
+def round_notes(record: RoundRecord) -> str:
+    """What a user may wonder about a finished round: why it stopped before the time budget,
+    and at which scale it saw the cells ("" when neither applies)."""
+    notes = []
+    if record.step_cap and record.steps >= record.step_cap and not record.cancelled:
+        notes.append(f"stopped at {record.step_cap} steps, before the time budget: on sparse "
+                     "annotations longer training over-fits the few annotated cells")
+    if record.diameter and abs(record.scale - 1.0) > 1e-3:
+        notes.append(f"cells ~{record.diameter:.0f} px across, seen at "
+                     f"{record.diameter * record.scale:.0f} px (images resized by "
+                     f"{record.scale:.2f}; predictions come back at full size)")
+    return "".join(f"; {note}" for note in notes)
+
+
 def round_choices(rounds: Sequence[RoundRecord]) -> list[tuple[str, int]]:
     return [(f"Round {r.index} ({r.family}, {time.strftime('%H:%M', time.localtime(r.created))})",
              r.index) for r in rounds]

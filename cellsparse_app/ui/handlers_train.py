@@ -174,7 +174,7 @@ def _train(
                        "(earlier rounds kept)", "stopped")
     else:
         text = (f"Done: round {record.index}, {record.steps} steps in {record.seconds:.0f} s, "
-                f"loss {record.final_loss:.4f} — now Predict")
+                f"loss {record.final_loss:.4f}{fmt.round_notes(record)} — now Predict")
         state = "done"
     yield fmt.progress_html(1.0 if state == "done" else None, text, state), loss_frame(curve), \
         *rounds_outputs(ws), *_buttons(False)

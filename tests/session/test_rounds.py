@@ -52,6 +52,11 @@ def test_a_round_trains_the_fixed_steps_and_is_saved(trained):
     assert not record.cancelled and record.n_objects == 3 and record.background_px > 0
     assert [p.step for p in items if hasattr(p, "step")][-1] == CFG.steps
     assert ws.project.active_round == 1 and [r.index for r in ws.project.rounds] == [1]
+    # Exact steps: no sparse step cap; the 14-px squares are below the canonical diameter.
+    assert record.step_cap is None and record.scale == 1.0
+    assert record.diameter is not None and 10 < record.diameter < 20
+    reopened = Workspace.reopen(ws.directory)  # the round's new fields survive project.json
+    assert reopened.project.rounds[0].diameter == record.diameter
 
 
 def test_predict_compare_and_export(trained, tmp_path):

@@ -280,3 +280,18 @@ def test_train_settings_are_parsed_and_checked():
     assert trn.train_config("cellpose", 90, None, diameter="48").diameter == 48.0
     with pytest.raises(ValueError, match="Cell diameter"):
         trn.train_config("cellpose", 90, None, diameter="-5")
+
+
+def test_round_notes_say_why_a_round_stopped_early_and_at_which_scale():
+    from cellsparse_app.storage.manifest import RoundRecord
+    from cellsparse_app.ui.formatting import round_notes
+
+    plain = RoundRecord(index=1, family="cellpose", steps=900, step_cap=None, diameter=20.0)
+    assert round_notes(plain) == ""
+    capped = RoundRecord(index=2, family="cellpose", steps=400, step_cap=400, diameter=60.0,
+                         scale=0.75)
+    text = round_notes(capped)
+    assert "stopped at 400 steps" in text and "over-fits" in text
+    assert "~60 px" in text and "45 px" in text and "0.75" in text
+    stopped = RoundRecord(index=3, family="cellpose", steps=400, step_cap=400, cancelled=True)
+    assert "stopped at" not in round_notes(stopped)  # the user stopped it, not the cap
