@@ -108,7 +108,7 @@ def test_rest_job_waits_for_the_web_apps_training_in_the_same_process(tc_target,
 def test_job_diameter_sets_the_models_scale_and_rescale_false_keeps_the_images_own(
         tc_target, real_sample):
     """The training diameter (issue 19) reaches the engine: cells said to be 60 px across are
-    halved to the canonical 30 px, and the model records it; ``rescale: false`` keeps scale 1."""
+    shrunk to the canonical diameter, and the model records it; ``rescale: false`` keeps 1."""
     client, _ = tc_target
     image = gray(real_sample.image).astype(np.uint8)
     sparse = sparse_wire_labels(real_sample.mask).astype(np.int32) - 1
@@ -122,7 +122,10 @@ def test_job_diameter_sets_the_models_scale_and_rescale_false_keeps_the_images_o
         assert _wait(client, submitted.json()["id"])["state"] == "done"
         model = client.get(f"/api/v1/models/cellpose/{name}").json()["config"]["model"]
         scales[name] = (model["diameter"], model["scale"])
-    assert scales["d60"] == (60.0, 0.5)
+    from cellsparse_app.data.object_scale import CANONICAL_DIAMETER
+
+    assert scales["d60"][0] == 60.0
+    assert abs(scales["d60"][1] - CANONICAL_DIAMETER / 60) < 1e-3
     assert scales["own"][1] == 1.0
     bad = client.post("/api/v1/jobs", json={**base, "model_name": "bad", "diameter": -3})
     assert bad.status_code == 422 and "diameter" in bad.text
