@@ -158,6 +158,7 @@ def _save_round(
         logger.info("training stopped before the first step; no round saved")
         return None
     meta = getattr(model, "meta", {}) or {}
+    config = getattr(model, "config", None)  # the family's config: diameter, scale
     step = max(1, len(history) // HISTORY_POINTS)
     record = RoundRecord(
         index=project.next_round_index(), family=cfg.family, parent=parent,
@@ -165,8 +166,8 @@ def _save_round(
         final_loss=float(history[-1]["loss"]),  # the engine's mean over its last report
         cancelled=bool(meta.get("cancelled", False)), n_objects=totals["n_objects"],
         background_px=totals["background_px"], history=history[::step],
-        step_cap=meta.get("step_cap"), diameter=getattr(model.config, "diameter", None),
-        scale=float(getattr(model.config, "scale", 1.0) or 1.0),
+        step_cap=meta.get("step_cap"), diameter=getattr(config, "diameter", None),
+        scale=float(getattr(config, "scale", 1.0) or 1.0),
     )
     return project.add_round(model, record, snapshot)
 
