@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from cellsparse_app.data.annotations import AnnotationSummary
+from cellsparse_app.data.display import to_rgb
 from cellsparse_app.session import overlays
 from cellsparse_app.session.sam_bridge import Prompts
 from cellsparse_app.session.viewport import Viewport
@@ -104,7 +105,7 @@ class Canvas:
         key = (image_id, self.project.image_config)
         with self._lock:
             if self._display_key != key:
-                self._display = overlays.to_display(self.project.image(image_id), key[1])
+                self._display = to_rgb(self.project.image(image_id), key[1])
                 self._display_key = key
             return self._display  # type: ignore[return-value]
 

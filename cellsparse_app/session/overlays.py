@@ -1,7 +1,7 @@
 """Pictures for people: display images, annotation overlays, error and change maps.
 
 All functions return ``uint8 (H, W, 3)`` RGB arrays and never change their inputs. The image
-itself is drawn by :func:`to_display`, i.e. :func:`cellsparse_app.data.display.to_rgb` (the one
+itself is drawn by :func:`cellsparse_app.data.display.to_rgb` (the one
 image-to-RGB path, shared with SAM). Colours:
 
 * Foreground cells: one saturated colour per cell, translucent, with a bright outline;
@@ -22,7 +22,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cellsparse_app.data.display import to_rgb as to_display  # noqa: F401  (the canvas's name)
 from cellsparse_app.data.drawing import polyline_mask
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def annotation_overlay(
     """The annotation canvas: image + Background + cells + prompts (see module colours).
 
     Args:
-        display: ``uint8 (H, W, 3)`` from :func:`to_display`.
+        display: ``uint8 (H, W, 3)`` from :func:`~cellsparse_app.data.display.to_rgb`.
         labels: annotation, -1/0/1..N.
         preview: boolean SAM mask not yet accepted.
         points, point_labels: prompt points ``(row, col)`` with 1 positive / 0 negative.

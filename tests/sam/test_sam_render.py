@@ -88,9 +88,9 @@ def _image(n_channels: int) -> np.ndarray:
 def test_sam_receives_the_picture_the_ui_shows(n_channels, lower, upper):
     """One image-to-RGB path: what the UI displays is what SAM embeds, whether SAM gets the UI's
     display (web app) or the raw image with the same settings (REST API, CLI)."""
+    from cellsparse_app.data.display import to_rgb as to_display
     from cellsparse_app.data.images import ImageConfig
     from cellsparse_app.sam import SamAnnotator
-    from cellsparse_app.session.overlays import to_display
 
     image = _image(n_channels)
     display = to_display(image, ImageConfig(lower=lower, upper=upper))

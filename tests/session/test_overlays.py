@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cellsparse_app.data.display import to_rgb
 from cellsparse_app.data.images import ImageConfig
 from cellsparse_app.data.labels import select_sparse
 from cellsparse_app.data.metrics import match_labels
@@ -18,24 +19,24 @@ def sample(dsb_fluo):
 
 def out_of(channel: np.ndarray) -> np.ndarray:
     """One channel as the display stretches it (grey)."""
-    return overlays.to_display(channel)[..., 0]
+    return to_rgb(channel)[..., 0]
 
 
 def test_display_stretches_contrast_and_handles_channels(sample):
     dim = (sample.image // 4).astype(np.uint8)  # a dim image still fills 0..255
-    out = overlays.to_display(dim)
+    out = to_rgb(dim)
     assert out.shape == (*dim.shape, 3) and out.dtype == np.uint8
     assert out.max() == 255 and out.min() == 0
     assert (out[..., 0] == out[..., 1]).all()  # grey
     two = np.stack([sample.image, 255 - sample.image], -1)
-    g = overlays.to_display(two)
+    g = to_rgb(two)
     assert (g[..., 0] == g[..., 2]).all() and not (g[..., 0] == g[..., 1]).all()  # green/magenta
     assert np.array_equal(g[..., 1], out_of(sample.image))  # channel 0 is the green one
     five = np.stack([sample.image.astype(np.uint16) * k for k in range(1, 6)], -1)
-    one = overlays.to_display(five, ImageConfig(channels=(4,)))
+    one = to_rgb(five, ImageConfig(channels=(4,)))
     assert (one[..., 0] == one[..., 2]).all()
     with pytest.raises(ValueError, match="not available"):
-        overlays.to_display(five, ImageConfig(channels=(7,)))
+        to_rgb(five, ImageConfig(channels=(7,)))
 
 
 def test_annotation_overlay_colours_each_class(sample):
@@ -129,10 +130,10 @@ def test_display_is_the_one_image_to_rgb_path(sample, n_channels):
     base = sample.image.astype(np.uint16) * 40
     image = base if n_channels == 1 else np.stack([base // (k + 1) for k in range(n_channels)], -1)
     cfg = ImageConfig(lower=2.0, upper=99.0)
-    shown = overlays.to_display(image, cfg)
+    shown = to_rgb(image, cfg)
     assert np.array_equal(shown, to_rgb(image, cfg))
     assert np.array_equal(shown, render_rgb(image, RenderConfig(lower=2.0, upper=99.0)))
     assert np.array_equal(render_rgb(shown), shown)  # the UI sends its display: kept as it is
     rgb8 = np.stack([sample.image // 2] * 3, -1).astype(np.uint8)
     assert np.array_equal(to_rgb(rgb8, keep_rgb8=True), rgb8)
-    assert overlays.to_display(rgb8).max() == 255  # the canvas stretches a dim RGB picture
+    assert to_rgb(rgb8).max() == 255  # the canvas stretches a dim RGB picture
