@@ -131,12 +131,11 @@ def round_notes(record: RoundRecord) -> str:
     and at which scale it saw the cells ("" when neither applies)."""
     notes = []
     if record.step_cap and record.steps >= record.step_cap and not record.cancelled:
-        notes.append(f"stopped at {record.step_cap} steps, before the time budget: on sparse "
-                     "annotations longer training over-fits the few annotated cells")
+        # Short: it ends the one-line progress bar (the README explains the cap).
+        notes.append(f"stopped at {record.step_cap} steps (sparse labels: longer over-fits)")
     if record.diameter and abs(record.scale - 1.0) > 1e-3:
-        notes.append(f"cells ~{record.diameter:.0f} px across, seen at "
-                     f"{record.diameter * record.scale:.0f} px (images resized by "
-                     f"{record.scale:.2f}; predictions come back at full size)")
+        notes.append(f"cells ~{record.diameter:.0f} px seen at "
+                     f"{record.diameter * record.scale:.0f} px (×{record.scale:.2f})")
     return "".join(f"; {note}" for note in notes)
 
 
