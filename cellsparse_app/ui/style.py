@@ -20,14 +20,16 @@ CSS = """
 .cs-legend { display:flex; flex-wrap:wrap; gap:.4em 1em; font-size:.85em; padding:.2em 0 }
 .cs-legend i { display:inline-block; width:.95em; height:.95em; border-radius:3px;
                margin-right:.35em; vertical-align:-.12em }
-.cs-progress { position:relative; height:2em; border-radius:8px; overflow:hidden;
+.cs-progress { position:relative; min-height:2em; border-radius:8px; overflow:hidden;
                background: var(--neutral-200); border:1px solid var(--border-color-primary) }
 .dark .cs-progress { background: var(--neutral-800) }
-.cs-bar { height:100%; background: var(--color-accent); opacity:.75; transition: width .4s ease }
+.cs-bar { position:absolute; left:0; top:0; bottom:0; background: var(--color-accent); opacity:.75;
+          transition: width .4s ease }
 .cs-done .cs-bar { background:#16a34a } .cs-stopped .cs-bar { background:#d97706 }
 .cs-failed .cs-bar { background:#dc2626; width:100% !important; opacity:.35 }
-.cs-progress-text { position:absolute; left:.7em; top:.3em; font-size:.9em; font-weight:600;
-                    font-variant-numeric: tabular-nums }
+/* In the flow, not absolute: a long message (a refusal, a round's notes) wraps and the box grows. */
+.cs-progress-text { position:relative; display:block; padding:.3em .7em; font-size:.9em;
+                    font-weight:600; font-variant-numeric: tabular-nums }
 #cs-status p { margin:.2em 0; font-size:.92em }
 #cs-summary p { margin:.2em 0 }
 .cs-step-help p { font-size:.88em; color: var(--body-text-color-subdued); margin:.1em 0 }
